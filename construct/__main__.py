@@ -61,7 +61,14 @@ def cmd_describe(a) -> int:
 
 def cmd_demo(a) -> int:
     from .alpha import safe_alpha
+    from .validate import check_int
     from verify import newton_predict, ols_predict, verify_model
+
+    check_int("--d", a.d, 1)
+    check_int("--k", a.k, 0)
+    check_int("--n", a.n, 1)
+    if not 0 <= a.seed < 2**63:
+        raise ValueError(f"--seed must lie in [0, 2^63), got {a.seed}")
 
     g = torch.Generator().manual_seed(a.seed)
     X = torch.randn(1, a.n, a.d, generator=g, dtype=torch.float64)

@@ -61,12 +61,31 @@ def gram(X, lam: float = 0.0) -> torch.Tensor:
     S = X.transpose(-1, -2) @ X
     if lam:
         S = S + lam * torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
+    _check_gram_finite(X, S)
     return S
+
+
+def _check_gram_finite(X: torch.Tensor, S: torch.Tensor) -> None:
+    """X is finite (checked by the caller), so a non-finite S means XᵀX overflowed: say so."""
+    if S.numel() and not torch.isfinite(S).all():
+        big = float(X.abs().max())
+        raise ValueError(
+            f"S = XᵀX overflows {str(S.dtype).removeprefix('torch.')} (largest |x| = {big:.3g}, "
+            f"largest representable {torch.finfo(S.dtype).max:.3g}); rescale the data (e.g. divide X and "
+            "x_query by max |x|) before calling"
+        )
+
+
+def gram64(X, lam: float = 0.0) -> torch.Tensor:
+    """S = XᵀX + λI formed in float64 whatever X's dtype (for divergence and precision checks)."""
+    return gram(_as_tensor(X).to(torch.float64), lam)
 
 
 def lambda_max(S) -> torch.Tensor:
     """Largest eigenvalue of symmetric PSD S (..., d, d), computed in float64 -> (...)."""
-    S = _as_tensor(S)
+    from .validate import as_tensor
+
+    S = as_tensor("S", S)
     return torch.linalg.eigvalsh(S.to(torch.float64))[..., -1].clamp(min=0.0).to(S.dtype)
 
 
@@ -145,13 +164,17 @@ def fixed_alpha_for_distribution(
 
 
 def alpha_ratio(X, alpha: float, lam: float = 0.0, norm: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """α_eff · λ_max(S + λI)² per prompt, with α_eff = α / norm² (norm = N under 1/N attention)."""
+    """α_eff · λ_max(S + λI)² per prompt, with α_eff = α / norm² (norm = N under 1/N attention).
+
+    Always computed in float64, whatever X's dtype: forming S in float32 would let ratios up to
+    2(1 + ~1e-7) pass as convergent (and flag convergent ones as diverging).  The float64
+    result is returned."""
     from .validate import check_real
 
     check_real("alpha", alpha, positive=True)
     check_real("lam", lam, nonneg=True)
-    lm = lambda_max(gram(X, lam))
-    return (alpha / torch.as_tensor(norm, dtype=lm.dtype) ** 2) * lm * lm
+    lm = lambda_max(gram64(X, lam))  # float64
+    return (alpha / torch.as_tensor(norm, dtype=torch.float64, device=lm.device) ** 2) * lm * lm
 
 
 def check_alpha(X, alpha: float, lam: float = 0.0, norm: float | torch.Tensor = 1.0, on_diverge: str = "raise") -> torch.Tensor:

@@ -53,11 +53,14 @@ from .blocks import (
     BlockSpec, c_init_block, init_block, merged_readout_block, newton_block, readout_block,
 )
 from .blocks.base import dense_head, dense_mlp
+from .checkpoint import MAX_PARAMS
 from .layout import ResidualLayout
 from .transformer import Transformer, TransformerConfig
-from .validate import check_int, check_real, config_from_dict
+from .validate import MODEL_DTYPES, check_dtype, check_int, check_real, config_from_dict
 
 FORMS = ("default", "merged")
+MAX_D = 4096    # data dimension cap: weights are O(k·d²) floats (d = 4096, k = 10: ~10 GB in float64)
+MAX_K = 10_000  # Newton-step cap: k + 2 layers; Newton converges in O(log κ) steps
 ATTNS = ("relu", "linear")
 
 
@@ -76,8 +79,20 @@ class NewtonSpec:
     printed_paper: bool = False  # reproduce the paper's V₂ = V₁ erratum (wrong on purpose)
 
     def __post_init__(self) -> None:
-        check_int("d", self.d, 1)
-        check_int("k", self.k, 0)
+        object.__setattr__(self, "d", check_int("d", self.d, 1))  # np.int64 etc. become plain ints
+        object.__setattr__(self, "k", check_int("k", self.k, 0))
+        if self.d > MAX_D:
+            raise ValueError(f"d={self.d} exceeds the supported maximum {MAX_D} (weights grow as d²)")
+        if self.k > MAX_K:
+            raise ValueError(f"k={self.k} exceeds the supported maximum {MAX_K} (Newton converges long before)")
+        # generous upper bound on the parameter count (≤ 8 heads of width ≤ 2d, D ≤ 8d + 2, MLP ≤ 8d),
+        # checked before anything is built so that a hostile size fails at once
+        D = 8 * self.d + 2
+        bound = (self.k + 4) * (8 * 4 * D * 2 * self.d + 2 * D * 8 * self.d)
+        if bound > MAX_PARAMS:
+            raise ValueError(
+                f"d={self.d}, k={self.k} would need up to {bound:.3g} parameters, more than the {MAX_PARAMS:.3g} "
+                "supported; use a smaller d or k (or looped=True with a smaller k)")
         check_real("alpha", self.alpha, positive=True)
         check_real("lam", self.lam, nonneg=True)
         if self.attn not in ATTNS:
@@ -250,8 +265,7 @@ def build_newton_transformer(
     """
     from .model import NewtonTransformer
 
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    dtype = check_dtype(dtype, MODEL_DTYPES)
     spec = NewtonSpec(d=d, k=k, alpha=alpha, attn=attn, normalize=normalize, lam=lam,
                       form=form, looped=looped, printed_paper=printed_paper)
     return NewtonTransformer(spec).to(dtype)

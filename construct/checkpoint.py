@@ -8,14 +8,24 @@ GPT-2-style regressors, the LSTM baseline) subclasses :class:`SavableModel`, reg
     model = load_model("runs/m")    # dispatches on config["kind"]
 
 Writes are atomic (temp file, fsync, rename), so a crash never leaves a half-written file.
+
+Integrity: ``config.json`` stores ``sha256.weights`` (of ``model.safetensors``) and
+``sha256.config`` (of its own content without that field); :func:`load_model` checks both, so a
+flipped bit or a weights file from another model is refused.  A checkpoint written before the
+hashes existed loads with a :class:`CheckpointWarning`.  Before anything is allocated, the config
+is built on PyTorch's ``meta`` device, its parameter count is capped (``MAX_PARAMS``) and every
+tensor's shape and dtype in the safetensors header is checked against it, so a hostile config
+(k = 10⁹, d = 10⁶, deeply nested JSON) is refused in well under a second.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,8 +46,49 @@ _LAZY_KINDS = {
 }
 
 
+MAX_CONFIG_BYTES = 1 << 20     # config.json larger than 1 MB is not ours
+MAX_JSON_DEPTH = 32            # our configs nest 3 deep
+MAX_PARAMS = 1 << 31           # parameters a checkpoint may ask for (16 GB in float64)
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or was not written by this project."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint loads but cannot be fully verified (written before integrity hashes existed)."""
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _config_digest(meta: dict) -> str:
+    """SHA-256 of config.json's content without its ``sha256`` field (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return _sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _json_depth_ok(text: str, limit: int) -> bool:
+    """Nesting depth of JSON text ≤ limit (strings skipped), without recursion."""
+    depth, in_str, esc = 0, False, False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
 
 
 def register_kind(kind: str) -> Callable[[type], type]:
@@ -99,10 +150,16 @@ def read_json(path: str | os.PathLike, what: str = "file") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} not found")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{what} {str(path)!r} is {size} bytes, more than the {MAX_CONFIG_BYTES} allowed; not ours")
     try:
-        obj = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{what} {str(path)!r} is corrupt (not valid JSON: {e})") from None
+        text = path.read_text()
+        if not _json_depth_ok(text, MAX_JSON_DEPTH):
+            raise CheckpointError(f"{what} {str(path)!r} nests deeper than {MAX_JSON_DEPTH} levels; not ours")
+        obj = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{what} {str(path)!r} is corrupt (not valid JSON: {type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {str(path)!r} is corrupt (expected a JSON object)")
     return obj
@@ -147,19 +204,21 @@ class SavableModel(nn.Module):
         """Write ``path/config.json`` and ``path/model.safetensors`` (atomically); return ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v for k, v in self.state_dict().items()}
-        atomic_save_tensors(path / WEIGHTS_FILE, state, metadata={"format": FORMAT, "kind": self.kind})
+        from safetensors.torch import save
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        data = save(state, metadata={"format": FORMAT, "kind": self.kind})
+        atomic_write_bytes(path / WEIGHTS_FILE, data)
         dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-        atomic_write_json(
-            path / CONFIG_FILE,
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "kind": self.kind,
-                "dtype": str(dtype).removeprefix("torch."),
-                "config": self.config_dict(),
-            },
-        )
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "dtype": str(dtype).removeprefix("torch."),
+            "config": self.config_dict(),
+        }
+        meta["sha256"] = {"weights": _sha256_bytes(data), "config": _config_digest(meta)}
+        atomic_write_json(path / CONFIG_FILE, meta)
         return path
 
 
@@ -172,6 +231,39 @@ def _resolve_kind(kind: str) -> type[SavableModel]:
     return _KINDS[kind]
 
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for blk in iter(lambda: f.read(1 << 20), b""):
+            h.update(blk)
+    return h.hexdigest()
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name -> (shape, dtype name) from the safetensors header, without reading the data."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, MAX_CONFIG_BYTES * 16):
+                raise ValueError(f"header length {n} exceeds the file")
+            header = json.loads(f.read(n))
+        out = {}
+        for k, v in header.items():
+            if k == "__metadata__":
+                continue
+            out[k] = (tuple(int(x) for x in v["shape"]), str(v["dtype"]))
+        return out
+    except (ValueError, KeyError, TypeError, RecursionError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"weights file {str(path)!r} is corrupt or not a safetensors file ({e})") from None
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> SavableModel:
     """Load any model saved by this project from its folder (``config.json`` + ``model.safetensors``).
 
@@ -179,6 +271,11 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
     Raises :class:`CheckpointError` (a ``ValueError``) naming the problem for a missing, corrupt or
     foreign checkpoint.
     """
+    from .validate import MODEL_DTYPES, check_device, check_dtype
+
+    if dtype is not None:
+        dtype = check_dtype(dtype, MODEL_DTYPES)
+    device = check_device(device)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {str(path)!r}: folder not found")
@@ -199,27 +296,55 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
     cls = _resolve_kind(str(meta.get("kind")))
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{str(path / CONFIG_FILE)!r} is corrupt: 'config' must be an object")
+    hashes = meta.get("sha256")
+    if hashes is None:
+        warnings.warn(
+            f"checkpoint {str(path)!r} has no sha256 hashes (written before integrity checks existed); it "
+            "loads unverified. Re-save it with model.save(path) to add them.", CheckpointWarning, stacklevel=2)
+    elif not (isinstance(hashes, dict) and isinstance(hashes.get("weights"), str) and isinstance(hashes.get("config"), str)):
+        raise CheckpointError(f"{str(path / CONFIG_FILE)!r} is corrupt: 'sha256' must hold 'weights' and 'config' digests")
+    elif _config_digest(meta) != hashes["config"]:
+        raise CheckpointError(
+            f"{str(path / CONFIG_FILE)!r} is corrupt: its content does not match its sha256 (edited or damaged)")
     try:
-        model = cls.from_config_dict(meta["config"])
-    except (TypeError, ValueError, KeyError) as e:
+        with torch.device("meta"):  # shapes only: nothing is allocated for a hostile config
+            model = cls.from_config_dict(meta["config"])
+    except (TypeError, ValueError, KeyError, OverflowError, RecursionError) as e:
         raise CheckpointError(f"checkpoint config in {str(path)!r} is invalid: {e}") from None
-    state = read_tensors(path / WEIGHTS_FILE)
+    except RuntimeError as e:  # torch refusing a size
+        raise CheckpointError(f"checkpoint config in {str(path)!r} asks for impossible sizes: {e}") from None
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    n_params = sum(v.numel() for v in expected.values())
+    if n_params > MAX_PARAMS:
+        raise CheckpointError(
+            f"checkpoint config in {str(path)!r} implies {n_params:.3g} parameters, more than the {MAX_PARAMS:.3g} allowed")
+    wpath = path / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise CheckpointError(f"weights file {str(wpath)!r} not found")
+    header = _header_shapes(wpath)
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
             f"weights in {str(path)!r} do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
+    for k, (shape, dt) in header.items():
+        if shape != tuple(expected[k].shape):
             raise CheckpointError(
-                f"weights in {str(path)!r}: tensor {k!r} has shape {tuple(v.shape)}, config implies {tuple(expected[k].shape)}"
+                f"weights in {str(path)!r}: tensor {k!r} has shape {shape}, config implies {tuple(expected[k].shape)}"
             )
+        if dt not in ("F32", "F64"):
+            raise CheckpointError(f"weights in {str(path)!r}: tensor {k!r} has dtype {dt}; only F32/F64 are ours")
+    if hashes is not None and _sha256_file(wpath) != hashes["weights"]:
+        raise CheckpointError(
+            f"weights file {str(wpath)!r} is corrupt: its sha256 does not match config.json "
+            "(damaged, or the weights of another model)")
+    state = read_tensors(wpath)
+    for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"weights in {str(path)!r}: tensor {k!r} contains NaN or inf")
     saved_dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-    model = model.to(dtype=saved_dtype)
+    model = model.to(dtype=saved_dtype).to_empty(device="cpu")  # allocate only now, at the checked size
     model.load_state_dict(state)
     if dtype is not None:
         model = model.to(dtype=dtype)

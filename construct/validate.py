@@ -51,6 +51,48 @@ def check_real(name: str, value, *, positive: bool = False, nonneg: bool = False
     return v
 
 
+MODEL_DTYPES = (torch.float32, torch.float64)  # float16/bfloat16 cannot hold the construction's α·S² terms
+
+
+def check_dtype(dtype, allowed: tuple[torch.dtype, ...] = MODEL_DTYPES, what: str = "dtype") -> torch.dtype:
+    """A torch dtype from a dtype or its name ("float32", "torch.float64"); ValueError otherwise.
+
+    The one dtype rule of the project: hand-built and trained models run in float32 or float64
+    (builder, :func:`construct.load_model`, ``model.to``/``.half()`` all apply it).
+    """
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or dtype not in allowed:
+        names = ", ".join(str(a).removeprefix("torch.") for a in allowed)
+        raise ValueError(f"{what} must be one of {names} (a torch.dtype or its name), got {dtype!r}")
+    return dtype
+
+
+def check_device(device, what: str = "device") -> torch.device:
+    """A usable torch.device from a device or a string; ValueError naming the problem otherwise
+    (a malformed string, or a CUDA device on a build or machine without CUDA)."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"{what} {device!r} is not a device string; use 'cpu', 'cuda' or 'cuda:N'") from None
+    else:
+        raise TypeError(f"{what} must be a torch.device or a string such as 'cpu', got {type(device).__name__}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{what} {str(dev)!r} asks for CUDA, but this torch build or machine has no CUDA device "
+                f"(torch {torch.__version__}); use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{what} {str(dev)!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type not in ("cpu", "mps", "meta"):
+        raise ValueError(f"{what} {str(dev)!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
+
+
 def as_tensor(name: str, a, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
     """Convert a tensor / ndarray / nested list to a floating tensor, checking for NaN and inf."""
     if isinstance(a, np.ndarray):

@@ -238,6 +238,13 @@ def test_loaded_weights_are_used_not_rebuilt(tmp_path):
     key = next(k for k in st if k.endswith("attn.W_O"))
     st[key] = st[key] * 2
     save_file(st, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="sha256 does not match"):  # tampering is caught ...
+        load_model(tmp_path / "m")
+    # ... and once the config vouches for the new weights, they are what the model runs
+    import hashlib, json
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["sha256"]["weights"] = hashlib.sha256((tmp_path / "m" / "model.safetensors").read_bytes()).hexdigest()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     assert not torch.allclose(load_model(tmp_path / "m").predict(X, y, xq), model.predict(X, y, xq))
 
 

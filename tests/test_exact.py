@@ -156,7 +156,8 @@ def test_newton_exact_reference():
         assert [[eye[a][b] - MS[a][b] for b in range(d)] for a in range(d)] == P, f"step {j}"
         P = mm(P, P)
     Xf, yf, qf = _floats(X, y, xq)
-    ref = newton_predict(Xf, yf, qf, k, float(alpha))
+    # an identity of exact arithmetic, for any α (a diverging one included)
+    ref = newton_predict(Xf, yf, qf, k, float(alpha), on_diverge="ignore", check_precision="ignore")
     assert math.isclose(float(pred), float(ref), rel_tol=1e-10)
 
 

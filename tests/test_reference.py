@@ -281,7 +281,8 @@ def test_paper_alpha_never_recovers_top_eigendirection():
         M = newton_matrix(S, k, "paper")
         err = w_star[0] - M @ b
         assert err[0].item() == w_star[0, 0].item()  # exactly constant
-        assert newton_predict(X, y, top, k, "paper").item() == 0.0
+        # exact arithmetic on a diagonal S; the boundary α makes the prompt ill-conditioned in general
+        assert newton_predict(X, y, top, k, "paper", check_precision="ignore").item() == 0.0
     # the other directions converge, and a safe α recovers the top direction too
     err = w_star[0] - newton_matrix(S, 24, "paper") @ b
     assert err[1:].abs().max() <= 1e-12

@@ -58,6 +58,16 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _seed(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {s!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"seed must lie in [0, 2^63), got {v}")
+    return v
+
+
 def _scale(s: str) -> float | None:
     return None if s == "auto" else _positive_float(s)
 
@@ -71,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=_positive_int, default=8, metavar="B",
                    help="number of random prompts (default 8)")
     p.add_argument("--n", type=_positive_int, default=20, help="examples per prompt (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the prompts (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed for the prompts, in [0, 2^63) (default 0)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="run the network in this dtype (default float64); the reference is always float64")
     p.add_argument("--rtol", type=_positive_float, default=None,

@@ -301,13 +301,35 @@ def newton_matrix(S, k: int, alpha) -> torch.Tensor:
     return out(M)
 
 
-def newton_predict(X, y, x_query, k: int, alpha, lam: float = 0.0) -> torch.Tensor:
+def newton_predict(X, y, x_query, k: int, alpha, lam: float = 0.0, on_diverge: str = "raise",
+                   check_precision: str = "raise") -> torch.Tensor:
     """x_qᵀ M_k Xᵀy for each prompt: X (B, n, d), y (B, n), x_query (B, d) -> (B,).
 
     M_k is Newton's k-th iterate on S = XᵀX + λ_r I.  ``alpha``: a rule applied to that S, a
     positive float, or a positive (B,) tensor.  An unbatched prompt (n, d), (n,), (d,) gives a
-    0-d result.
+    0-d result.  A fixed α with α·λ_max(S)² ≥ 2 diverges: ``on_diverge`` as in
+    :func:`newton_predictions`.  ``check_precision``: "raise" (default) raises
+    :class:`construct.precision.PrecisionError` where float64 cannot deliver 1e-10 (normwise, see
+    :mod:`construct.precision`; e.g. k ≳ 60 on a rank-deficient S, whose null-space round-off
+    M_k doubles every step) and on NaN/inf; "warn"; "ignore".
     """
+    from construct.precision import check_finite, check_precision as _chk, precision_estimate
+
+    _x_for_checks = (X, y, x_query)
+    out = _newton_predict(X, y, x_query, k, alpha, lam, on_diverge)
+    if check_precision == "ignore":
+        return out
+    X, y, xq, _ = _single_query(*_x_for_checks)
+    S = X.transpose(-1, -2) @ X + _lam(lam) * torch.eye(X.shape[-1], dtype=_F64, device=X.device)
+    a = alpha_from_rule(S, alpha) if isinstance(alpha, str) else torch.as_tensor(
+        alpha if not isinstance(alpha, np.ndarray) else torch.from_numpy(alpha), dtype=_F64).reshape(-1)
+    est = precision_estimate(X, y, xq, a.expand(X.shape[0]), k, lam=_lam(lam), form="matrix")
+    _chk(est, _F64, check_precision, "prompt")
+    check_finite("newton_predict", torch.as_tensor(out), "Newton diverged or k is so large that round-off overflowed.")
+    return out
+
+
+def _newton_predict(X, y, x_query, k: int, alpha, lam: float, on_diverge: str):
     X, y, xq, out = _single_query(X, y, x_query)
     lam = _lam(lam)
     k = check_int("k", k, 0)
@@ -325,6 +347,19 @@ def newton_predict(X, y, x_query, k: int, alpha, lam: float = 0.0) -> torch.Tens
             raise ValueError(f"alpha must be > 0 everywhere, got min {float(a.min()):g}")
     else:
         a = torch.full((B,), check_real("alpha", alpha, positive=True), dtype=_F64, device=X.device)
+    if on_diverge not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_diverge must be 'raise', 'warn' or 'ignore', got {on_diverge!r}")
+    if not isinstance(alpha, str) and on_diverge != "ignore":
+        r = a * lambda_max(S) ** 2  # (B,), float64
+        bad = r >= 2.0 * (1.0 - BOUNDARY_SLACK)
+        if bad.any():
+            msg = (f"fixed alpha diverges on {int(bad.sum())} prompt(s) (first index {int(torch.nonzero(bad)[0])}): "
+                   f"alpha*lambda_max(S)^2 = {float(r.max()):.4g} >= 2. Use a smaller alpha, a rule "
+                   "(alpha='code' or 'safe'), or on_diverge='ignore' to get the diverging numbers anyway.")
+            if on_diverge == "raise":
+                raise AlphaDivergenceError(msg)
+            import warnings
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
     M = newton_matrix(S, k, a)  # (B, d, d)
     b = (X.transpose(-1, -2) @ y.unsqueeze(-1)).squeeze(-1)  # (B, d)
     return out(torch.einsum("bd,bde,be->b", xq, M, b))
@@ -501,7 +536,18 @@ def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str 
         return out(_gather_steps(_newton_spectral(sp, _alpha(alpha, sp.S), steps), steps, (B, n), X.device))
     S, b = _prefix_stats(X, y, lam)
     res = _newton_batched(S, b, X, _alpha(alpha, S), steps)
-    return out(_gather_steps(res, steps, (B, n), X.device))
+    return out(_finite_unless(on_diverge, _gather_steps(res, steps, (B, n), X.device)))
+
+
+def _finite_unless(on_diverge: str, t: torch.Tensor) -> torch.Tensor:
+    """NaN/inf raise PrecisionError unless the caller asked for diverging numbers (on_diverge="ignore")."""
+    if on_diverge != "raise":  # "warn" has said it diverges; "ignore" asked for the numbers
+        return t
+    from construct.precision import check_finite
+
+    return check_finite("newton_predictions", t, "Newton's recurrence overflowed: k is so large that round-off "
+                        "in the null space of a rank-deficient S_t (doubled every step) overflowed; Newton has "
+                        "converged long before, use fewer steps or method='spectral'.")
 
 
 # ----------------------------------------------------------------------------------------------

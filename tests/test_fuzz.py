@@ -1,0 +1,221 @@
+"""Fuzz: the hand-built Newton networks over the whole input space, against extended precision.
+
+Every case is classified as
+
+* ``correct``      the network returned a number within the promise (below);
+* ``named``        it raised a named error: AlphaDivergenceError (α diverges), PrecisionError
+                   (the dtype cannot deliver the promise on this prompt, or NaN/inf), or
+                   ValueError/TypeError for bad input (n = 0);
+* ``silent``       it returned a number that misses the promise, or returned anything on a bad
+                   input (diverging α, n = 0): **must be 0**;
+* ``false alarm``  AlphaDivergenceError on a convergent prompt further than 1e-6 from the boundary
+                   (α_eff·λ_max² < 2(1 − 1e-6)): **must be 0**.
+
+A PrecisionError on a valid prompt is a *refusal*; refusals are counted separately, together with
+those where the network would in fact have met the promise (``over-cautious``), so the price of
+the guard is visible.
+
+**Reference.**  Iterative Newton in numpy ``longdouble`` (80-bit on x86, u = 5.4e-20), written
+here from the recurrence M_0 = α_eff S, M_j = 2M_{j−1} − M_{j−1} S M_{j−1} on the same
+dtype-cast prompt the network sees, S = XᵀX + λI formed in longdouble; it shares no code with
+:mod:`verify.reference`.  The divergence ratio α_eff·λ_max(S)² comes from the same longdouble S
+(eigenvalues in float64 of the longdouble S: the classification only needs it to 1e-12 relative,
+far inside the 1e-6 exclusion band).
+
+**Promise and tolerance (derivation).**  The promise of :mod:`construct.precision`: a returned
+prediction satisfies |p̂ − p| ≤ rtol·‖x_q‖·‖w_k‖ (rtol = 1e-10 in float64, 1e-4 in float32,
+w_k = M_k Xᵀy).  Where the prompt's conditioning makes that impossible (the first-order bound of
+:func:`construct.precision.precision_estimate`, which grows with κ(S), with min(2^k, 1/(αs²)) on
+slowly converging directions and near the divergence boundary), the network must refuse instead.
+So the tolerance here is the promise itself; the conditioning enters through the refusal, which
+is what keeps the test honest: a bound that is too small shows up as ``silent``, one that is too
+large as ``over-cautious``.  The reference's own error is ≤ 1e-19·(its condition) ≪ rtol.
+
+Default suite: ``FUZZ_CASES`` cases (≈ 500, < 60 s).  ``-m slow``: ``FUZZ_SLOW_CASES`` (10,000);
+the README quotes its counts (command there).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from construct import AlphaDivergenceError, build_newton_transformer
+from construct.precision import PROMISED_RTOL, PrecisionError
+
+LD = np.longdouble
+FUZZ_CASES = int(os.environ.get("FUZZ_CASES", "500"))
+FUZZ_SLOW_CASES = int(os.environ.get("FUZZ_SLOW_CASES", "10000"))
+BOUNDARY_BAND = 1e-6
+
+
+# ----------------------------------------------------------------------------- reference
+def ld_newton(X, y, xq, k: int, alpha_eff: float, lam: float):
+    """(prediction, normwise scale ‖x_q‖‖w_k‖, ratio α·λ_max²) in longdouble.  X (n, d)."""
+    X, y, xq = (np.asarray(a, dtype=LD) for a in (X, y, xq))
+    d = X.shape[1]
+    S = X.T @ X + LD(lam) * np.eye(d, dtype=LD)
+    a = LD(alpha_eff)
+    M = a * S
+    for _ in range(k):
+        M = 2 * M - (M @ S) @ M
+        if not np.isfinite(M).all():
+            break
+    w = M @ (X.T @ y)
+    pred = xq @ w
+    scale = math.sqrt(float(xq @ xq)) * math.sqrt(float(w @ w)) if np.isfinite(w).all() else math.inf
+    lmax = float(np.linalg.eigvalsh(S.astype(np.float64))[-1]) if d else 0.0
+    # refine λ_max in longdouble by a few Rayleigh-quotient steps from float64's eigenvector
+    ev, V = np.linalg.eigh(S.astype(np.float64))
+    v = V[:, -1].astype(LD)
+    for _ in range(3):
+        v = S @ v
+        v = v / np.sqrt(v @ v)
+    lmax = max(lmax, float(v @ S @ v))
+    return float(pred), scale, float(a * LD(lmax) ** 2)
+
+
+# ----------------------------------------------------------------------------- cases
+@st.composite
+def fuzz_cases(draw, max_d: int = 32, max_k: int = 30):
+    """A network spec, dtype and one prompt from the full input space (module docstring)."""
+    d = draw(st.integers(1, max_d))
+    n = draw(st.one_of(st.integers(0, 4 * d), st.just(d), st.integers(1, max(1, d - 1))))
+    form = draw(st.sampled_from(["default", "merged"]))
+    k = draw(st.integers(2 if form == "merged" else 0, max_k))
+    attn = draw(st.sampled_from(["relu", "linear"]))
+    normalize = draw(st.booleans())
+    looped = draw(st.booleans())
+    dtype = draw(st.sampled_from([torch.float64, torch.float32]))
+    log_scale = draw(st.floats(-6, 6))
+    log_kappa = draw(st.floats(0, 6))
+    rank_def = draw(st.booleans()) and min(n, d) >= 2
+    ridge = draw(st.booleans())
+    # α: margin of the convergent range; > 1 diverges; a thin band straddles the boundary
+    margin = draw(st.one_of(st.floats(1e-4, 0.999), st.floats(0.999, 1.0 + 1e-5), st.floats(1.0, 4.0)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** log_scale
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    Q = Q * np.sign(np.diag(R))
+    root = scale * 10.0 ** (-0.5 * log_kappa * (np.linspace(0, 1, d) if d > 1 else np.zeros(1)))
+    half = (Q * root) @ Q.T
+    if rank_def:
+        r = int(rng.integers(1, min(n, d)))
+        Z = rng.standard_normal((n, r)) @ rng.standard_normal((r, d)) / math.sqrt(r)
+    else:
+        Z = rng.standard_normal((n, d))
+    X = Z @ half
+    xq = rng.standard_normal(d) @ half
+    y = X @ (rng.standard_normal(d) / scale) + draw(st.sampled_from([0.0, 0.1])) * rng.standard_normal(n)
+    lam = 0.0
+    if ridge and n:
+        lam = 10.0 ** draw(st.floats(-3, 1)) * float((X * X).sum()) / d
+    # cast to the model dtype: the network and the reference see the same numbers
+    npdt = np.float64 if dtype == torch.float64 else np.float32
+    X, y, xq = X.astype(npdt), y.astype(npdt), xq.astype(npdt)
+    S = X.astype(np.float64).T @ X.astype(np.float64) + lam * np.eye(d)
+    lmax = float(np.linalg.eigvalsh(S)[-1]) if n or lam else 0.0
+    N = n + 1 + (d if lam > 0 else 0)
+    a_eff = margin * 2.0 / lmax**2 if lmax > 0 else 1.0
+    if not (math.isfinite(a_eff) and a_eff > 0):
+        a_eff = 1.0
+    alpha = a_eff * N * N if normalize else a_eff
+    spec = dict(d=d, k=k, alpha=alpha, attn=attn, normalize=normalize, lam=lam, form=form, looped=looped)
+    return spec, dtype, X, y, xq, a_eff
+
+
+def classify(spec, dtype, X, y, xq, a_eff) -> str:
+    n = X.shape[0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_newton_transformer(**spec, dtype=dtype)
+    except ValueError:
+        return "named: build"  # α out of the dtype's range is refused at build time
+    Xt, yt, qt = (torch.from_numpy(np.ascontiguousarray(a))[None] for a in (X, y, xq))
+    if n == 0:
+        try:
+            model.predict(Xt, yt, qt)
+        except ValueError:
+            return "named: bad input"
+        return "silent: bad input accepted"
+    pred_ref, scale, ratio = ld_newton(X, y, xq, spec["k"], a_eff, spec["lam"])
+    diverges = ratio >= 2.0
+    near = abs(ratio - 2.0) <= 2.0 * BOUNDARY_BAND
+    rtol = PROMISED_RTOL[dtype]
+    try:
+        got = float(model.predict(Xt, yt, qt))
+    except AlphaDivergenceError:
+        if diverges or near:
+            return "named: alpha diverges"
+        return "false alarm"
+    except PrecisionError:
+        if diverges and not near:
+            return "named: alpha diverges (as precision)"
+        raw = float(model.predict(Xt, yt, qt, check_alpha="ignore", check_precision="ignore"))
+        ok = math.isfinite(raw) and math.isfinite(scale) and abs(raw - pred_ref) <= rtol * scale
+        return "refused: over-cautious" if ok else "refused: needed"
+    if diverges and not near:
+        return "silent: diverging alpha accepted"
+    if near:
+        return "correct (boundary band)"
+    err = abs(got - pred_ref)
+    if math.isfinite(got) and err <= rtol * max(scale, 0.0):
+        return "correct"
+    return f"silent: err {err / scale if scale else err:.3g} > {rtol:g}"
+
+
+def run_fuzz(n_cases: int, seed: int = 0) -> Counter:
+    counts: Counter = Counter()
+    failures: list = []
+
+    @settings(max_examples=n_cases, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(fuzz_cases())
+    def one(case):
+        spec, dtype, X, y, xq, a_eff = case
+        c = classify(spec, dtype, X, y, xq, a_eff)
+        key = c.split(":")[0] if c.startswith("silent") else c
+        counts[(str(dtype).removeprefix("torch."), key)] += 1
+        if c.startswith("silent") or c == "false alarm":
+            failures.append((c, spec, str(dtype), X.shape))
+
+    one()
+    counts["_failures"] = failures  # type: ignore[assignment]
+    return counts
+
+
+def _report(counts: Counter) -> str:
+    keys = sorted(k for k in counts if k != "_failures")
+    return "\n".join(f"{dt:8s} {cls:40s} {counts[(dt, cls)]}" for dt, cls in keys)
+
+
+def _assert_clean(counts: Counter) -> None:
+    fails = counts["_failures"]
+    assert not fails, f"{len(fails)} silent-wrong / false-alarm case(s), first: {fails[:3]}\n{_report(counts)}"
+
+
+def test_fuzz_default():
+    counts = run_fuzz(FUZZ_CASES)
+    print("\n" + _report(counts))
+    _assert_clean(counts)
+    total = sum(v for k, v in counts.items() if k != "_failures")
+    assert total >= 0.9 * FUZZ_CASES
+    # the fuzz must reach every class it is meant to test
+    seen = {cls for (_, cls) in (k for k in counts if k != "_failures")}
+    assert "correct" in seen and "named: alpha diverges" in seen
+
+
+@pytest.mark.slow
+def test_fuzz_slow():
+    counts = run_fuzz(FUZZ_SLOW_CASES)
+    print("\n" + _report(counts))
+    _assert_clean(counts)
