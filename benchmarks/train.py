@@ -50,6 +50,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -407,6 +408,34 @@ class RunDir:
     def has_run(self) -> bool:
         return self.latest.exists() or self.log.exists()
 
+    def is_ours(self) -> bool:
+        """True when OUT holds a training run of this program (its train_config.json parses)."""
+        if not self.train_config.is_file():
+            return False
+        try:
+            TrainConfig.from_dict(read_json(self.train_config, "training config"))
+        except (CheckpointError, ValueError, TypeError):
+            return False
+        return True
+
+    def check_out(self) -> None:
+        """Refuse an --out we must not write into: a file, a folder that cannot be written, or a
+        non-empty folder that is not one of our run folders (whose files we would overwrite)."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a file; it must be a folder (new, empty, or a run of this program)")
+        if out.is_dir() and any(out.iterdir()) and not self.is_ours():
+            raise ValueError(
+                f"--out {str(out)!r} is not empty and is not a training run folder of this program (no valid "
+                "train_config.json); refusing to overwrite its files. Choose a new or empty folder."
+            )
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {str(out)!r} cannot be created: {e.strerror or e}") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {str(out)!r} is not writable")
+
     # ------------------------------------------------------------ write
     def save(self, step: int, model: SavableModel, opt: torch.optim.Optimizer, cfg: TrainConfig,
              extra: dict, log_rows: list[dict]) -> Path:
@@ -464,7 +493,14 @@ class RunDir:
         ptr = read_json(self.latest, "checkpoint pointer")
         if ptr.get("format") != TRAIN_FORMAT or not isinstance(ptr.get("dir"), str):
             raise CheckpointError(f"checkpoint pointer {str(self.latest)!r} is corrupt or foreign: {ptr}")
+        # the pointer names a step folder inside OUT/checkpoints, never a path elsewhere
+        if not re.fullmatch(r"step_\d{8}", ptr["dir"]):
+            raise CheckpointError(
+                f"checkpoint pointer {str(self.latest)!r} names {ptr['dir']!r}, not a step folder (step_NNNNNNNN) "
+                "of this run; refusing to follow it")
         folder = self.ckpts / ptr["dir"]
+        if folder.is_symlink() or folder.resolve().parent != self.ckpts.resolve():
+            raise CheckpointError(f"checkpoint folder {str(folder)!r} leads outside {str(self.ckpts)!r}; refusing to follow it")
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint folder {str(folder)!r} named by {str(self.latest)!r} is missing")
         meta = read_json(folder / "trainer.json", "trainer state")
@@ -549,14 +585,25 @@ def train(
     step_delay: float = 0.0,
 ) -> dict:
     """Run (or resume) training; returns a summary dict.  See the module docstring."""
+    run = RunDir(out)
+    run.check_out()  # every rank, before DDP init: a refusal never leaves a peer waiting
     dist = _init_distributed(device)
+    ok = False
     try:
-        return _train(cfg, RunDir(out), resume, max_minutes, _resolve_device(device, dist), dist, progress, step_delay)
+        summary = _train(cfg, run, resume, max_minutes, _resolve_device(device, dist), dist, progress, step_delay)
+        ok = True
+        return summary
     finally:
         if dist.world > 1:
             import torch.distributed as tdist
 
             if tdist.is_initialized():
+                # Leave together: without this barrier rank 1 tore down its gloo process group and
+                # exited while rank 0 was still writing the final checkpoint; gloo's background
+                # threads on the surviving side then hit a closed peer, which aborted a worker with
+                # "terminate called without an active exception" (SIGABRT) now and then under load.
+                if ok:
+                    tdist.barrier()
                 tdist.destroy_process_group()
 
 
@@ -739,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
               progress=not args.no_progress, step_delay=args.step_delay)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a disk full or a folder that vanished mid-run: say what, no traceback
+        print(f"error: cannot write to --out {args.out!r}: {e}", file=sys.stderr)
         return 2
     return 0
 

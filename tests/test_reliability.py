@@ -343,3 +343,54 @@ def test_shipped_checkpoints_carry_verified_hashes():
         with warnings.catch_warnings():
             warnings.simplefilter("error", CheckpointWarning)
             load_model(d)
+
+
+# ----------------------------------------------------------------------------- training safety
+def _train_cli(capsys, *args):
+    from benchmarks.train import main
+
+    rc = main(["--preset", "smoke", "--no-progress", "--steps", "2", "--set", "eval_every=1", "--set", "warmup_steps=1",
+               "--set", "checkpoint_every=2", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_train_refuses_foreign_nonempty_out(tmp_path, capsys):
+    other = tmp_path / "model"
+    build_newton_transformer(3, 2, 0.1).save(other)  # another model's config.json lives here
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    rc, _, err = _train_cli(capsys, "--out", str(other))
+    assert rc == 2 and "not a training run folder" in err
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before  # nothing lost
+
+
+def test_train_out_file_and_unwritable_are_clean_errors(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    rc, _, err = _train_cli(capsys, "--out", str(f))
+    assert rc == 2 and "is a file" in err and f.read_text() == "keep me"
+    rc, _, err = _train_cli(capsys, "--out", "/proc/x")
+    assert rc == 2 and "--out" in err and "Traceback" not in err
+
+
+def test_train_runs_in_empty_folder_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    rc, _, err = _train_cli(capsys, "--out", str(out))
+    assert rc == 0, err
+    rc, _, err = _train_cli(capsys, "--out", str(out))  # our run: needs --resume, says so
+    assert rc == 2 and "--resume" in err
+
+
+def test_latest_json_never_leads_outside_the_run(tmp_path, capsys):
+    from benchmarks.train import RunDir
+
+    out = tmp_path / "run"
+    rc, _, err = _train_cli(capsys, "--out", str(out))
+    assert rc == 0, err
+    latest = out / "checkpoints" / "latest.json"
+    ptr = json.loads(latest.read_text())
+    for bad in ("../../../etc", "/etc", "step_00000002/../../..", "../run/checkpoints/step_00000002"):
+        latest.write_text(json.dumps(dict(ptr, dir=bad)))
+        with pytest.raises(CheckpointError, match="step folder|outside"):
+            RunDir(out).load()
