@@ -82,6 +82,7 @@ from construct.alpha import BOUNDARY_SLACK, AlphaDivergenceError, alpha_from_rul
 from construct.validate import as_tensor, check_int, check_prompts, check_real
 
 __all__ = [
+    "residual_power_matrix", "residual_power_predict", "residual_power_predictions",
     "newton_predictions", "gd_predictions", "online_gd_predictions", "cg_predictions",
     "ols_predictions", "ridge_predictions", "newton_matrix", "newton_predict", "ols_predict",
     "prefix_stats", "prefix_spectrum", "PrefixSpectrum",
@@ -283,22 +284,102 @@ def newton_matrix(S, k: int, alpha) -> torch.Tensor:
     if S.shape[-1] == 0:
         raise ValueError("S has d = 0; Newton needs at least one data dimension")
     k = check_int("k", k, 0)
+    a = _matrix_alpha(S, alpha)
+    M = a[..., None, None] * S  # (..., d, d)
+    for _ in range(k):
+        M = 2 * M - (M @ S) @ M
+    return out(M)
+
+
+def _matrix_alpha(S: torch.Tensor, alpha) -> torch.Tensor:
+    """α per matrix (...) for S (..., d, d): a rule, a positive float, or a broadcastable tensor."""
     if isinstance(alpha, (torch.Tensor, np.ndarray)):
         a = as_tensor("alpha", alpha, _F64, S.device)
         if (a <= 0).any():
             raise ValueError(f"alpha must be > 0 everywhere, got min {float(a.min()):g}")
         try:
-            a = torch.broadcast_to(a, S.shape[:-2])
+            return torch.broadcast_to(a, S.shape[:-2])
         except RuntimeError:
             raise ValueError(f"alpha of shape {tuple(a.shape)} does not broadcast to S's batch shape {tuple(S.shape[:-2])}") from None
-    elif isinstance(alpha, str):
-        a = alpha_from_rule(S, alpha)
-    else:
-        a = torch.full(S.shape[:-2], check_real("alpha", alpha, positive=True), dtype=_F64, device=S.device)
-    M = a[..., None, None] * S  # (..., d, d)
-    for _ in range(k):
-        M = 2 * M - (M @ S) @ M
-    return out(M)
+    if isinstance(alpha, str):
+        return alpha_from_rule(S, alpha)
+    return torch.full(S.shape[:-2], check_real("alpha", alpha, positive=True), dtype=_F64, device=S.device)
+
+
+def residual_power_matrix(S, power: int, alpha) -> torch.Tensor:
+    """The M with I − M S = (I − αS²)^P, for symmetric PSD S (..., d, d) -> (..., d, d).
+
+    M = αS·Σ_{i<P} R^i with R = I − αS² (then MS = (I − R)Σ R^i = I − R^P), summed by binary
+    doubling (G_{2m} = G_m + R^m G_m, G_{m+1} = I + R G_m): O(log P) matmuls, and independent of
+    any Newton or hyperpower recurrence.  P = 2^k gives Newton's M_k, P = 4·3^j the hyperpower
+    network's.  ``alpha`` as in :func:`newton_matrix`.
+    """
+    out = _out_spec(S)
+    S = as_tensor("S", S, _F64)
+    if S.dim() < 2 or S.shape[-1] != S.shape[-2] or S.shape[-1] == 0:
+        raise ValueError(f"S must have shape (..., d, d) with d >= 1, got {tuple(S.shape)}")
+    P = check_int("power", power, 1)
+    a = _matrix_alpha(S, alpha)[..., None, None]  # (..., 1, 1)
+    eye = torch.eye(S.shape[-1], dtype=_F64, device=S.device).expand_as(S)
+    R = eye - a * (S @ S)
+    G, Rm = torch.zeros_like(S), eye.clone()  # G = Σ_{i<m} R^i, Rm = R^m, m = 0
+    for bit in bin(P)[2:]:
+        G, Rm = G + Rm @ G, Rm @ Rm  # m -> 2m
+        if bit == "1":
+            G, Rm = eye + R @ G, R @ Rm  # m -> m + 1
+    return out(a * S @ G)
+
+
+def residual_power_predict(X, y, x_query, power: int, alpha, lam: float = 0.0) -> torch.Tensor:
+    """x_qᵀ M Xᵀy with I − M S = (I − αS²)^P, S = XᵀX + λI: X (B, n, d), y (B, n), x_query (B, d) -> (B,).
+
+    The reference for networks whose residual power is not a power of two (the hyperpower form,
+    P = 4·3^j); P = 2^k equals :func:`newton_predict` with k steps.  ``alpha``: a rule, a positive
+    float or a (B,) tensor.  An unbatched prompt gives a 0-d result.
+    """
+    X, y, xq, out = _single_query(X, y, x_query)
+    lam = _lam(lam)
+    S = X.transpose(-1, -2) @ X + lam * torch.eye(X.shape[-1], dtype=_F64, device=X.device)  # (B, d, d)
+    if isinstance(alpha, (torch.Tensor, np.ndarray)) and as_tensor("alpha", alpha).numel() == 1:
+        alpha = float(as_tensor("alpha", alpha).reshape(()))
+    M = residual_power_matrix(S, power, alpha)  # (B, d, d)
+    b = (X.transpose(-1, -2) @ y.unsqueeze(-1)).squeeze(-1)  # (B, d)
+    return out(torch.einsum("bd,bde,be->b", xq, M, b))
+
+
+POWER_METHODS = ("batched", "spectral")
+
+
+def residual_power_predictions(X, y, powers, alpha="code", lam: float = 0.0, method: str = "batched",
+                               spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise"):
+    """Predictions with I − M S_t = (I − αS_t²)^P on every prefix -> (len(powers), B, n).
+
+    The all-prefix convention of :func:`newton_predictions` (output[s, b, t] predicts x_t from
+    examples 0..t−1), for any residual power P ≥ 1 (P = 2^k: Newton-k; 4·3^j: the hyperpower
+    network).  ``method``: "batched" (:func:`residual_power_matrix` on every prefix) or "spectral"
+    (closed form from one eigendecomposition per prefix).  ``alpha``, ``lam``, ``on_diverge`` as in
+    :func:`newton_predictions`.
+    """
+    method = _method(method, POWER_METHODS)
+    X, y, out = _prompts(X, y, min_n=0)
+    powers = [check_int(f"powers[{i}]", p, 1) for i, p in enumerate(_steps(powers, "powers"))]
+    lam = _lam(lam)
+    B, n, d = X.shape
+    _check_fixed_rate(alpha, X, lam, 2, "alpha", on_diverge)
+    if not powers or n == 0:
+        return out(torch.zeros((len(powers), B, n), dtype=_F64))
+    if method == "spectral":
+        sp = _get_spectrum(X, y, lam, spectrum)
+        res = _power_spectral(sp, _alpha(alpha, sp.S), {p: p for p in set(powers)})
+        return out(_gather_steps(res, powers, (B, n), X.device))
+    S, b = _prefix_stats(X, y, lam)
+    a = _alpha(alpha, S)  # (B, n)
+    res = {}
+    for p in set(powers):
+        pos = a > 0
+        M = residual_power_matrix(S, p, torch.where(pos, a, torch.ones_like(a)))  # (B, n, d, d)
+        res[p] = torch.where(pos, torch.einsum("bnd,bnde,bne->bn", X, M, b), torch.zeros_like(a))
+    return out(_gather_steps(res, powers, (B, n), X.device))
 
 
 def newton_predict(X, y, x_query, k: int, alpha, lam: float = 0.0) -> torch.Tensor:
@@ -330,20 +411,36 @@ def newton_predict(X, y, x_query, k: int, alpha, lam: float = 0.0) -> torch.Tens
     return out(torch.einsum("bd,bde,be->b", xq, M, b))
 
 
-def _newton_batched(S, b, xq, a, steps: list[int]) -> dict[int, torch.Tensor]:
+def _hyperpower_step(M: torch.Tensor, S: torch.Tensor, order: int) -> torch.Tensor:
+    """M' = M Σ_{i<p} (I − SM)^i, so that I − M'S = (I − MS)^p; p = 2 is 2M − MSM (Newton)."""
+    if order == 2:
+        return 2 * M - (M @ S) @ M
+    E = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device) - S @ M  # I − SM
+    acc, P = M, M
+    for _ in range(order - 1):
+        P = P @ E
+        acc = acc + P
+    return acc
+
+
+def _order(order) -> int:
+    return check_int("order", order, 2)
+
+
+def _newton_batched(S, b, xq, a, steps: list[int], order: int = 2) -> dict[int, torch.Tensor]:
     """The recurrence on all prefixes at once.  S (B, n, d, d), b/xq (B, n, d), a (B, n)."""
     want = set(steps)
     M = a[..., None, None] * S  # (B, n, d, d)
     res = {}
     for k in range(max(steps) + 1):
         if k:
-            M = 2 * M - (M @ S) @ M
+            M = _hyperpower_step(M, S, order)
         if k in want:
             res[k] = torch.einsum("bnd,bnde,bne->bn", xq, M, b)  # (B, n)
     return res
 
 
-def _newton_loop(X, y, steps: list[int], alpha, lam: float) -> dict[int, torch.Tensor]:
+def _newton_loop(X, y, steps: list[int], alpha, lam: float, order: int = 2) -> dict[int, torch.Tensor]:
     """Per prompt, per prefix, per step in numpy, as in the paper's released code."""
     Xn, yn = X.cpu().numpy(), y.cpu().numpy()
     B, n, d = Xn.shape
@@ -362,7 +459,13 @@ def _newton_loop(X, y, steps: list[int], alpha, lam: float) -> dict[int, torch.T
             M = a * S
             for k in range(K + 1):
                 if k:
-                    M = 2 * M - M @ S @ M
+                    # M' = M Σ_{i<p} (I − SM)^i  (p = 2: 2M − MSM)
+                    E = eye - S @ M
+                    acc, P = M.copy(), M
+                    for _ in range(order - 1):
+                        P = P @ E
+                        acc = acc + P
+                    M = acc
                 if k in want:
                     res[k][bi, t] = xq @ (M @ bt)
     return {k: torch.from_numpy(v).to(X.device) for k, v in res.items()}
@@ -451,12 +554,14 @@ def _get_spectrum(X, y, lam, spectrum) -> PrefixSpectrum:
     return spectrum
 
 
-def _newton_spectral(sp: PrefixSpectrum, a: torch.Tensor, steps: list[int]) -> dict[int, torch.Tensor]:
+def _newton_spectral(sp: PrefixSpectrum, a: torch.Tensor, steps: list[int], order: int = 2) -> dict[int, torch.Tensor]:
     """Every Newton step count at once.  a (B, n).
 
-    eig(M_k) = (1 − (1 − x)^(2^k))/λ with x = αλ² (0 for λ = 0), so
-    pred_k = Σ_i (1 − r_i^(2^k))·z_i/λ_i: one expm1 per (k, prefix, eigenvalue).
+    eig(M_k) = (1 − (1 − x)^(p^k))/λ with x = αλ² (0 for λ = 0) and p the order (2: Newton), so
+    pred_k = Σ_i (1 − r_i^(p^k))·z_i/λ_i: one expm1 per (k, prefix, eigenvalue).
     """
+    if order != 2:
+        return _power_spectral(sp, a, {k: order ** k for k in set(steps)})
     if max(steps) > MAX_SPECTRAL_NEWTON_STEPS:
         raise ValueError(
             f"spectral Newton supports steps <= {MAX_SPECTRAL_NEWTON_STEPS} (2^k must be a finite float); "
@@ -472,8 +577,23 @@ def _newton_spectral(sp: PrefixSpectrum, a: torch.Tensor, steps: list[int]) -> d
     return dict(zip(ks, pred.unbind(0)))
 
 
+def _power_spectral(sp: PrefixSpectrum, a: torch.Tensor, powers: dict) -> dict:
+    """pred for I − MS = (I − αS²)^P, per key of ``powers`` (key -> P ≥ 1), from one spectrum."""
+    if any(float(P) > 1e300 for P in powers.values()):
+        raise ValueError(f"residual powers must be finite floats (<= 1e300), got max {max(powers.values()):.3g}; "
+                         "use fewer steps (the iteration has long converged)")
+    keys = sorted(powers)
+    lam = sp.evals  # (B, n, d)
+    x = a.unsqueeze(-1) * lam * lam  # (B, n, d) = αλ²
+    g = _over_x(sp.z, lam)
+    g = torch.where(x > 0, g, torch.zeros_like(g))
+    p = torch.tensor([float(powers[k]) for k in keys], dtype=_F64, device=lam.device)
+    pred = _one_minus_pow_sum(x, g, p)  # (len, B, n)
+    return dict(zip(keys, pred.unbind(0)))
+
+
 def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str = "batched",
-                       spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise"):
+                       spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise", order: int = 2):
     """Iterative Newton on every prefix of every prompt -> (len(steps), B, n).
 
     ``X`` (B, n, d), ``y`` (B, n); ``steps`` ints ≥ 0 (any order, repeats allowed); ``alpha`` a
@@ -484,8 +604,11 @@ def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str 
     ``"loop"`` (per-prefix numpy, slow, for testing).  Output[s, b, t] predicts x_t from examples
     0..t−1 after steps[s] iterations.  A fixed α with α·λ_max(S_t)² ≥ 2 diverges: ``on_diverge``
     "raise" (default) raises AlphaDivergenceError, "warn" warns, "ignore" returns the inf/NaN.
+    ``order`` p ≥ 2: the order-p hyperpower iteration M' = M Σ_{i<p} (I − SM)^i, for which
+    I − M_k S = (I − αS²)^(p^k); p = 2 is Newton, p = 3 is M' = 3M − 3MSM + MSMSM.
     """
     method = _method(method, NEWTON_METHODS)
+    order = _order(order)
     X, y, out = _prompts(X, y, min_n=0)
     steps, lam = _steps(steps), _lam(lam)
     B, n, d = X.shape
@@ -495,12 +618,12 @@ def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str 
     if method == "loop":
         if not isinstance(alpha, str):
             _per_prefix(alpha, torch.zeros(B, n, 1, 1, dtype=_F64), "alpha")  # validate up front
-        return out(_gather_steps(_newton_loop(X, y, steps, alpha, lam), steps, (B, n), X.device))
+        return out(_gather_steps(_newton_loop(X, y, steps, alpha, lam, order), steps, (B, n), X.device))
     if method == "spectral":
         sp = _get_spectrum(X, y, lam, spectrum)
-        return out(_gather_steps(_newton_spectral(sp, _alpha(alpha, sp.S), steps), steps, (B, n), X.device))
+        return out(_gather_steps(_newton_spectral(sp, _alpha(alpha, sp.S), steps, order), steps, (B, n), X.device))
     S, b = _prefix_stats(X, y, lam)
-    res = _newton_batched(S, b, X, _alpha(alpha, S), steps)
+    res = _newton_batched(S, b, X, _alpha(alpha, S), steps, order)
     return out(_gather_steps(res, steps, (B, n), X.device))
 
 
