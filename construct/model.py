@@ -197,6 +197,8 @@ class NewtonTransformer(SavableModel):
             bs = self.block_specs[b]
             lines.append(f"{i:<5}  {bs.name:<15}  {len(bs.heads):<5}  {bs.summary}" + (f"   [block {b}]" if s.looped else ""))
         lines += ["", "slot contents after each stage (z = the token's own x: x_i, or x_q on the query):", self.layout.stage_table()]
+        if hasattr(self.transformer, "describe_compiled"):  # construct.to_gpt2
+            lines += ["", self.transformer.describe_compiled()]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ persistence
