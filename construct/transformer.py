@@ -231,8 +231,11 @@ class Attention(nn.Module):
             else:
                 if ctx.causal is not None:
                     s = s.masked_fill(~ctx.causal, 0.0)
-                s = hk.hook_attn_scores(s)
-                a = torch.relu(s) if kind == "relu" else s
+                if hk.hook_attn_scores.active:  # the cache keeps s: no in-place activation
+                    s = hk.hook_attn_scores(s)
+                    a = torch.relu(s) if kind == "relu" else s
+                else:  # s is a fresh matmul output that autograd does not need: ReLU in place
+                    a = s.relu_() if kind == "relu" else s
             a = hk.hook_pattern(a)
             z = a @ v.transpose(1, 2)  # (B, H, N, Dh)
         z = hk.hook_z(z.transpose(1, 2))  # (B, N, H, Dh)
@@ -254,7 +257,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, hk: "MLPHooks") -> torch.Tensor:
         h = hk.hook_pre(F.linear(x, self.W_in.t(), self.b_in if self.bias else None))  # (B, N, M)
-        h = hk.hook_post(F.relu(h) if self.act == "relu" else F.gelu(h))
+        if self.act == "relu":  # in place unless a hook holds the pre-activation
+            h = hk.hook_post(torch.relu(h) if hk.hook_pre.active else h.relu_())
+        else:
+            h = hk.hook_post(F.gelu(h))
         return F.linear(h, self.W_out.t(), self.b_out if self.bias else None)  # (B, N, D)
 
 
