@@ -223,6 +223,10 @@ def program_for(model) -> Program:
     from construct.model import NewtonTransformer
 
     if isinstance(model, NewtonTransformer):
+        if getattr(model.spec, "adaptive", False):
+            raise _NotCertifiable(
+                "alpha='adaptive': the in-network α is a piecewise-linear function of tr(S^p) held on a register "
+                "token, not a polynomial in S; the certificate does not cover adaptive models yet (use exact_check)")
         return _newton_program(model)
     raise TypeError(f"certify needs a hand-built model (NewtonTransformer), got {type(model).__name__}")
 
@@ -865,7 +869,11 @@ def certify(model) -> Certificate:
     raised.  Raises TypeError for a model that is not hand-built.
     """
     t0 = time.perf_counter()
-    prog = program_for(model)
+    try:
+        prog = program_for(model)
+    except _NotCertifiable as e:
+        return Certificate(False, False, type(model).__name__, (), None, str(e), e.layer, e.head, e.slot, "", (),
+                           0.0, time.perf_counter() - t0, 0.0)
     tr, lay, spec = model.transformer, model.layout, model.spec
     cfg = tr.cfg
     rows: list[CertRow] = []
@@ -950,3 +958,37 @@ def certify(model) -> Certificate:
         return result(True, True, pred=prog.prediction)
     except _NotCertifiable as e:
         return result(False, False, reason=str(e), layer=e.layer, head=e.head, slot=e.slot)
+
+
+# =============================================================================== layer identities
+def layer_identities(d: int = 2, k: int = 3) -> dict[str, bool]:
+    """The algebra of every block kind, for every d and n, as certified on built weights.
+
+    Builds one model per form and option that changes a block (default, merged, linear, ridge
+    with 1/N), certifies it, and returns one statement per (block kind, slot written, token
+    kind): "block: slot ← what the weights compute = what the program needs" → True/False.  The
+    size (d, k) only picks the models; each statement holds for every d and n (the certificate
+    reads the same c·I structure at any d).
+    """
+    from construct import build_newton_transformer
+
+    out: dict[str, bool] = {}
+    for kw in ({}, {"form": "merged"}, {"attn": "linear"}, {"lam": 0.5, "normalize": True},
+               {"form": "merged", "lam": 0.5, "normalize": True}):
+        model = build_newton_transformer(d=d, k=k, alpha=0.01, **kw)
+        cert = certify(model)
+        tag = ", ".join(f"{a}={b}" for a, b in kw.items()) or "default"
+        if not cert.certifiable:
+            out[f"{tag}: certifiable"] = False
+            continue
+        seen = set()
+        for r in cert.rows:
+            if r.layer < 0 or not r.written:
+                continue
+            key = (r.layer_name, r.slot, r.token, r.computed.count("M"))
+            if key in seen:
+                continue
+            seen.add(key)
+            out[f"[{tag}] {r.layer_name}: {r.slot} ({r.token}) ← {r.computed} = {r.expected}"] = r.ok
+        out[f"[{tag}] prediction = {cert.prediction}"] = cert.passed
+    return out
