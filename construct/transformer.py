@@ -345,8 +345,13 @@ class Transformer(nn.Module):
             out = self(tokens, key_mask)
         return out, cache
 
-    def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Residual stream after the read-in and after every layer: (L+1, B, P+N, D)."""
+    def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
+                         return_output: bool = False):
+        """Residual stream after the read-in and after every layer: (L+1, B, P+N, D).
+
+        ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run.
+        """
         want = {"hook_embed"} | {f"layers.{i}.hook_resid_post" for i in range(self.cfg.n_layers)}
-        _, cache = self.run_with_cache(tokens, key_mask, names=lambda n: n in want)
-        return torch.stack([cache["hook_embed"]] + [cache[f"layers.{i}.hook_resid_post"] for i in range(self.cfg.n_layers)])
+        out, cache = self.run_with_cache(tokens, key_mask, names=lambda n: n in want)
+        streams = torch.stack([cache["hook_embed"]] + [cache[f"layers.{i}.hook_resid_post"] for i in range(self.cfg.n_layers)])
+        return (streams, out) if return_output else streams
