@@ -392,9 +392,14 @@ class Transformer(HookedMixin, nn.Module):
         return F.linear(r, self.W_out.t(), self.b_out)  # (B, P+N, d_out)
 
     # ------------------------------------------------------------------ hooks
-    def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Residual stream after the read-in and after every layer: (L+1, B, P+N, D)."""
+    def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
+                         return_output: bool = False):
+        """Residual stream after the read-in and after every layer: (L+1, B, P+N, D).
+
+        ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run.
+        """
         L = self.cfg.n_layers
         want = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
-        _, cache = self.run_with_cache(tokens, key_mask, names_filter=want)
-        return torch.stack([cache[n] for n in want])
+        out, cache = self.run_with_cache(tokens, key_mask, names_filter=want)
+        streams = torch.stack([cache[n] for n in want])
+        return (streams, out) if return_output else streams
