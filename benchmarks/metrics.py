@@ -22,9 +22,11 @@ Definitions used here (and stated in every output that uses them):
   (= 1 for Σ = I, noiseless).
 * **SimE** (similarity of errors): for one prompt, the cosine between the residual vectors
   r_A = (ŷ^A_t − y_t)_t and r_B over positions t = ``start`` … n − 1; then the mean over
-  prompts.  We use ``start = 1`` by default: the paper's positions 2 … n + 1 in its 1-indexed
-  prompt of n + 1 points are our t = 1 … n − 1 here; t = 0 (no context) is skipped because every
-  method predicts 0 there, so its residual −y_0 is trivially identical.
+  prompts.  ``start = 1`` is our default: it skips t = 0 (no context), where every method
+  started at w = 0 predicts 0, so its residual −y_0 is trivially identical and only inflates the
+  cosine.  The paper's released code includes that position (``start = 0``); this moves every
+  SimE value by about 0.01–0.1 but, in our runs, not the best-matching step.  Experiment m
+  (:mod:`benchmarks.experiments.m_models`) reports both conventions side by side.
 * **SimW** (similarity of induced weights): give each prompt a fixed context of ``t`` examples and
   T ≫ d fresh queries from the prompt's own distribution; fit w̃ = argmin_w Σ_q (w·x_q − ŷ(x_q))²
   (least squares, no intercept) to the method's predictions; SimW is the cosine of the two w̃,

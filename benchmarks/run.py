@@ -220,7 +220,7 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
         "conventions": {
             "predictions": "all-prefix: position t predicts y_t from the first t examples",
             "error": "squared error / d, mean over prompts; last = t=n-1, avg = mean over t=d..n-1",
-            "sime": "cosine of residuals over positions t=1..n-1 (paper: 2..n+1), mean over prompts",
+            "sime": "cosine of residuals over positions t=1..n-1 (released code: t=0..n-1; experiment m reports both), mean over prompts",
             "simw": "cosine of least-squares w fitted on T=simw_queries_per_d*d fresh queries after n-1 context examples",
             "newton_alpha": "1/||S S^T||_F per prefix (released code); constructed networks: one fixed safe alpha",
             "gd_lr": "1/lambda_max(S_t) per prefix, no 1/n",

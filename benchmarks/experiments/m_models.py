@@ -7,7 +7,7 @@ of them depend on a convention?  Two conventions are options here, both reported
 * **SimE positions**: from t = 0 (the released code, which includes the no-context position where
   every method predicts 0) or from t = 1 (experiments b–e);
 * **GD budget**: as in the released code (η = 0.01 fixed, at most 1,300 steps; a log grid of
-  step counts 1…1300) or unlimited (η = 1/λ_max(S_t) per prefix, steps to 1e5 or more, where GD
+  step counts 1, 50, 100, …, 1300 as in the released evaluation script) or unlimited (η = 1/λ_max(S_t) per prefix, steps to 1e5 or more, where GD
   converges to OLS).  A fixed η = 0.01 diverges where 0.01·λ_max(S_t) ≥ 2 (κ = 100 data); those
   cells are reported as "diverges", not as numbers.
 
@@ -37,6 +37,7 @@ from benchmarks import metrics as M
 from benchmarks.experiments.common import fmt, md_table, pyplot
 from benchmarks.experiments.context import Context
 from benchmarks.experiments.registry import experiment
+from benchmarks.perf_reference import PAPER_GD_STEPS
 
 FOLDER = "m_models"
 SHIPPED = (("cpu", 1.0), ("d10", 1.0), ("cpu-kappa100", 100.0))  # (checkpoint, κ it was trained on)
@@ -49,13 +50,12 @@ LEVEL = 0.95
 @dataclass(frozen=True)
 class MSizes:
     n_boot: int            # bootstrap resamples of the test prompts
-    released_points: int   # GD step counts on the log grid 1..1300
     constructed_depth: int  # constructed networks of depth 2..this (k+2 form), 3..this (merged)
     constructed_prompts: int
 
 
-M_FULL = MSizes(n_boot=200, released_points=40, constructed_depth=9, constructed_prompts=512)
-M_QUICK = MSizes(n_boot=30, released_points=12, constructed_depth=5, constructed_prompts=48)
+M_FULL = MSizes(n_boot=200, constructed_depth=9, constructed_prompts=512)
+M_QUICK = MSizes(n_boot=30, constructed_depth=5, constructed_prompts=48)
 
 
 # ====================================================================== one family, analysed
@@ -66,7 +66,7 @@ def _refs(X: torch.Tensor, y: torch.Tensor, s, sz: MSizes) -> dict:
 
     S, _ = prefix_stats(X, y)
     worst = float(RELEASED_GD_LR * lambda_max(S).max())
-    released_steps = M.log_step_grid(RELEASED_GD_MAX, sz.released_points)
+    released_steps = list(PAPER_GD_STEPS)  # the released evaluation script's grid 1, 50, 100, ..., 1300
     if worst < 2.0:
         rel = gd_predictions(X, y, released_steps, lr=RELEASED_GD_LR, method="spectral")
     else:
@@ -217,7 +217,7 @@ def exp_models(ctx: Context) -> dict:
     out = ctx.dir(FOLDER)
     results: dict = {"conventions": {
         "sime_start": "SimE over positions t >= start; 0 = released code, 1 = experiments b-e (skips the no-context position)",
-        "gd_released": f"lr = {RELEASED_GD_LR} fixed, step counts on a log grid 1..{RELEASED_GD_MAX} (released code's budget)",
+        "gd_released": f"lr = {RELEASED_GD_LR} fixed, step counts 1, 50, 100, ..., {RELEASED_GD_MAX} (the released evaluation script's grid)",
         "gd_unlimited": "lr = 1/lambda_max(S_t) per prefix, step counts on a log grid up to the suite's maximum",
         "intervals": f"{int(LEVEL * 100)}% percentile bootstrap over test prompts",
     }, "models": {}}

@@ -129,13 +129,13 @@ def _matched(target_rep: np.ndarray, curves_rep: np.ndarray, steps: list[int]) -
     run = np.minimum.accumulate(raw, axis=-1)
     s[target_rep >= run[..., 0]] = np.nan
     s[target_rep <= run[..., -1] * (1 + FLOOR_RTOL)] = np.nan
-    # and where the level is reached at more than one step count: the curve must be non-increasing
-    # on the grid up to the last point at or above the target (else the matched step is ambiguous)
-    mono = np.logical_and.accumulate(raw <= run * (1 + 1e-12), axis=-1)  # (R, n, S): monotone prefix
-    above = raw >= target_rep[..., None] * (1 - 1e-12)
+    # and where the level is reached at more than one step count: after the first grid point at or
+    # below the target the curve must stay strictly below it (else the matched step is ambiguous)
+    cross = (run <= target_rep[..., None]).argmax(-1)  # (R, n) first grid index at or below the target
     S = raw.shape[-1]
-    last_above = np.where(above.any(-1), S - 1 - np.flip(above, -1).argmax(-1), 0)
-    s[~np.take_along_axis(mono, last_above[..., None], -1)[..., 0]] = np.nan
+    later = np.arange(S) > cross[..., None]  # (R, n, S)
+    back = (later & (raw >= target_rep[..., None] * (1 - 1e-12))).any(-1)
+    s[back] = np.nan
     return s
 
 
