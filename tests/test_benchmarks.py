@@ -384,3 +384,23 @@ def test_quick_run_models_and_lookalikes(quick_run):
     ctl = o["results"]["control: Newton 6 steps / -"]
     assert ctl["algorithms"]["newton"]["spread"] == pytest.approx(0.0, abs=1e-9)
     assert {"cpu / read-out", "d10 / read-out", "lstm-cpu / read-out"} <= set(o["results"])
+
+
+def test_save_fig_writes_the_same_bytes_as_savefig(tmp_path):
+    """The one-pass figure writer (issue 13) is byte-identical to fig.savefig + palette."""
+    from benchmarks.experiments.common import pyplot
+
+    ctx = R.Context(tmp_path, True, 0, "cpu", R.QUICK, None, "", None, "")
+    ctx.current = "x"
+    plt = pyplot()
+    paths = []
+    for name, writer in (("new.png", ctx.save_fig), ("old.png", ctx.save_fig_reference)):
+        fig, ax = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
+        im = ax[0].pcolormesh(np.arange(6), np.arange(5), np.arange(20.0).reshape(4, 5), shading="flat")
+        fig.colorbar(im, ax=ax[0])
+        ax[1].semilogy([1, 2, 3], [1e-3, 1e-1, 1.0], "o-", label="a line")
+        ax[1].legend()
+        fig.suptitle("SimE: layers × steps (κ = 100)")
+        paths.append(writer(fig, tmp_path / name))
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert ctx.files["x"] == ["new.png", "old.png"]
