@@ -6,16 +6,18 @@ import dataclasses
 
 import torch
 
+from .adaptive import default_range, pl_alpha, trace_power
 from .alpha import check_alpha
 from .builder import NewtonSpec, assemble, make_blocks, make_layout
 from .checkpoint import SavableModel, register_kind
 from .layout import ResidualLayout
+from .hooks import HookedMixin
 from .transformer import Transformer
-from .validate import check_prompts
+from .validate import as_tensor, check_prompts
 
 
 @register_kind("newton")
-class NewtonTransformer(SavableModel):
+class NewtonTransformer(HookedMixin, SavableModel):
     """k steps of Iterative Newton, hand-built on :class:`~construct.transformer.Transformer`.
 
     Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P ridge prefix
@@ -83,7 +85,37 @@ class NewtonTransformer(SavableModel):
         return check_prompts(X, y, x_query, d=self.d, dtype=self.dtype, device=self.device, min_n=min_n)
 
     def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
+        if self.spec.adaptive:
+            self._alpha_of(X)  # never diverges; raises AlphaRangeError outside the valid range
+            return
         check_alpha(X, self.spec.alpha, self.spec.lam, norm if self.spec.normalize else 1.0, on_diverge)
+
+    def _alpha_of(self, X: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.spec.alpha_range
+        dlo, dhi = default_range(self.dtype)
+        if lo < dlo or hi > dhi:
+            raise ValueError(
+                f"this adaptive model was built for alpha_range=({lo}, {hi}) but is now {self.dtype}, which holds "
+                f"only ({dlo}, {dhi}) (its PL weights would overflow); rebuild with dtype={self.dtype}"
+            )
+        return pl_alpha(self.spec.pl, trace_power(X, self.spec.alpha_trace, self.spec.lam))
+
+    def alpha_of(self, X) -> torch.Tensor:
+        """The α the network uses on each prompt: (B,) float64.
+
+        Adaptive models: α = f(tr((XᵀX + λI)^p)), computed here in float64 from X by the PL
+        formula (:mod:`construct.adaptive`), independently of the network's own α slot; raises
+        :class:`~construct.adaptive.AlphaRangeError` when tr(S^p) is outside the valid range.
+        Fixed-α models: their α (α/N² under normalize, N = P + n + 1 tokens), per prompt.
+        """
+        X = as_tensor("X", X, torch.float64, "cpu")
+        if X.dim() != 3 or X.shape[-1] != self.d or X.shape[0] == 0:
+            raise ValueError(f"X must have shape (B, n, {self.d}) with B >= 1, got {tuple(X.shape)}")
+        if self.spec.adaptive:
+            return self._alpha_of(X)
+        N = X.shape[1] + 1 + self.spec.n_prefix
+        a = self.spec.alpha / (N * N if self.spec.normalize else 1.0)
+        return torch.full((X.shape[0],), a, dtype=torch.float64)
 
     def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.transformer(tokens, key_mask)
@@ -95,6 +127,8 @@ class NewtonTransformer(SavableModel):
 
         ``check_alpha``: "raise" (default) raises AlphaDivergenceError when the built-in α
         diverges on a prompt (α_eff·λ_max(S+λI)² ≥ 2), "warn" warns, "ignore" skips the check.
+        An adaptive model never diverges; it raises AlphaRangeError (whatever ``check_alpha``)
+        when a prompt's tr(S^p) lies outside its valid range, since its α would be wrong there.
         """
         X, y, x_query = self._check(X, y, x_query)
         self._alpha_check(X, X.shape[1] + 1 + self.spec.n_prefix, check_alpha)
@@ -117,21 +151,23 @@ class NewtonTransformer(SavableModel):
         visible = (t[None, :] < t[:, None])  # (n, n): train token j visible for prefix t iff j < t
         key_mask = torch.cat([visible, torch.ones(n, 1, dtype=torch.bool, device=X.device)], 1)  # (n, n+1)
         key_mask = key_mask[None].expand(B, n, n + 1).reshape(B * n, n + 1)
-        if check_alpha != "ignore":
+        if check_alpha != "ignore" or self.spec.adaptive:
             Xm = Xt * visible[None].expand(B, n, n).reshape(B * n, n, 1).to(X.dtype)
             norm = (t + 1 + self.spec.n_prefix).to(X.dtype).repeat(B)
             self._alpha_check(Xm, norm, check_alpha)
         out = self.transformer(self.encode(Xt, yt, xq), key_mask)  # (B·n, P+n+1, 1)
         return out[:, -1, 0].reshape(B, n)
 
-    def run_with_cache(self, X, y, x_query):
-        """``(prediction (B,), cache)`` with every hooked activation of the transformer.
+    def _hooked_run(self, X, y, x_query) -> torch.Tensor:
+        """The query prediction (B,), without the α check: what ``run_with_hooks`` / ``run_with_cache`` run.
 
-        Residual streams have shape (B, P + n + 1, D); slice them with ``model.layout[slot]``.
+        ``model.run_with_cache(X, y, x_query, names_filter=None)`` returns ``(prediction (B,), cache)``
+        with the hooked activations (TransformerLens names, one entry per layer; see
+        :mod:`construct.hooks`).  Residual streams have shape (B, P + n + 1, D); slice them with
+        ``model.layout[slot]``.
         """
         X, y, x_query = self._check(X, y, x_query)
-        out, cache = self.transformer.run_with_cache(self.encode(X, y, x_query))
-        return out[:, -1, 0], cache
+        return self.transformer(self.encode(X, y, x_query))[:, -1, 0]
 
     def residual_streams(self, X, y, x_query) -> torch.Tensor:
         """Residual stream after the read-in and after each layer: (L + 1, B, P + n + 1, D)."""
@@ -141,13 +177,17 @@ class NewtonTransformer(SavableModel):
     # ------------------------------------------------------------------ description
     def describe(self) -> str:
         s = self.spec
+        a = (f"adaptive (f(tr(S^{s.alpha_trace})), range 2^{s.alpha_range[0]}..2^{s.alpha_range[1]})"
+             if s.adaptive else f"{s.alpha:g}")
+        form = ("k+1 merged" if s.form == "merged" else "k+2") + (f"+{s.alpha_layers} adaptive" if s.adaptive else "")
+        wf = ("4d+2" if s.form == "merged" else "3d+2") if not s.adaptive else ("5d+5" if s.form == "merged" else "4d+5")
         lines = [
-            f"NewtonTransformer: d={s.d}, k={s.k}, alpha={s.alpha:g}, attn={s.attn}, "
+            f"NewtonTransformer: d={s.d}, k={s.k}, alpha={a}, attn={s.attn}, "
             f"normalize={s.normalize}, lam={s.lam:g}, form={s.form}, looped={s.looped}"
             + (", PRINTED-PAPER (wrong on purpose)" if s.printed_paper else ""),
-            f"layers: {self.n_layers} ({'k+1 merged' if s.form == 'merged' else 'k+2'}); "
+            f"layers: {self.n_layers} ({form}); "
             f"residual width D = {self.layout.width} "
-            f"({'4d+2' if s.form == 'merged' else '3d+2'}); heads/layer = {self.transformer.cfg.n_heads}; "
+            f"({wf}); heads/layer = {self.transformer.cfg.n_heads}; "
             f"head width = {self.transformer.cfg.d_head}; MLP width = {self.transformer.cfg.hidden_mlp}; "
             f"prefix tokens = {s.n_prefix}; distinct weight blocks = {len(self.block_specs)}; "
             f"parameters = {sum(p.numel() for p in self.parameters())}",
@@ -160,6 +200,8 @@ class NewtonTransformer(SavableModel):
             bs = self.block_specs[b]
             lines.append(f"{i:<5}  {bs.name:<15}  {len(bs.heads):<5}  {bs.summary}" + (f"   [block {b}]" if s.looped else ""))
         lines += ["", "slot contents after each stage (z = the token's own x: x_i, or x_q on the query):", self.layout.stage_table()]
+        if hasattr(self.transformer, "describe_compiled"):  # construct.to_gpt2
+            lines += ["", self.transformer.describe_compiled()]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ persistence
