@@ -37,3 +37,9 @@ from .lookalikes import (  # noqa: E402
 )
 
 __all__ += ["pcg_predictions", "chebyshev_predictions", "heavy_ball_predictions", "gdpp_predictions", "LOOKALIKES"]
+
+# the polynomial certificate (verify/certificate.py): the built weights compute the program for
+# every d and n, read off the weights (CLI: python -m verify DIR --certify).
+from .certificate import Certificate, certify  # noqa: E402
+
+__all__ += ["certify", "Certificate"]
