@@ -20,6 +20,7 @@ from .builder import (
     min_layers,
 )
 from .checkpoint import CheckpointError, load_model
+from .gpt2 import GPT2Transformer, Gpt2ToleranceError, NotCompilableError, ScaleError, error_bound, gpt2_scale, to_gpt2
 from .layout import ResidualLayout, Slot
 from .model import GDTransformer, HandBuiltModel, NewtonTransformer
 from .transformer import Transformer, TransformerConfig
@@ -31,4 +32,5 @@ __all__ = [
     "safe_alpha", "fixed_alpha_for_distribution", "check_alpha", "alpha_from_rule",
     "AlphaDivergenceError", "AlphaDivergenceWarning", "CheckpointError",
     "ResidualLayout", "Slot", "Transformer", "TransformerConfig",
+    "to_gpt2", "gpt2_scale", "error_bound", "GPT2Transformer", "ScaleError", "NotCompilableError", "Gpt2ToleranceError",
 ]

@@ -87,11 +87,33 @@ def alpha_from_rule(S, rule: str | float, margin: float = 0.5) -> torch.Tensor:
     if not 0 < margin < 1:
         raise ValueError(f"margin must lie in (0, 1), got {margin!r}")
     if rule == "code":
-        SS = S @ S.transpose(-1, -2)
-        nrm = torch.linalg.matrix_norm(SS, ord="fro")
+        return rule_alpha(rule, SS=S @ S.transpose(-1, -2), margin=margin)
+    return rule_alpha(rule, lmax=lambda_max(S), margin=margin)
+
+
+def rule_alpha(rule: str, *, lmax: torch.Tensor | None = None, SS: torch.Tensor | None = None,
+               evals: torch.Tensor | None = None, margin: float = 0.5) -> torch.Tensor:
+    """α of a (validated) rule from what the caller already has, without checking its inputs again.
+
+    ``"code"`` needs ‖SSᵀ‖_F: from ``SS`` = S Sᵀ (..., d, d) or from the eigenvalues ``evals``
+    (..., d) of symmetric S (‖SSᵀ‖_F = sqrt(Σλ⁴)).  ``"paper"`` / ``"safe"`` need λ_max: from
+    ``lmax`` (...) or ``evals`` (ascending).  Used by :func:`alpha_from_rule` and by the batched
+    references, which reuse one eigendecomposition or one S·S product for the rule, the
+    divergence check and the Newton iteration.  A zero S gets α = 0.
+    """
+    if rule == "code":
+        if SS is not None:
+            nrm = torch.linalg.matrix_norm(SS, ord="fro")
+        elif evals is not None:
+            nrm = (evals * evals).square().sum(-1).sqrt()
+        else:
+            raise ValueError("rule 'code' needs SS or evals")
     else:
-        lm = lambda_max(S)
-        nrm = lm * lm / (2.0 if rule == "paper" else 2.0 * margin)
+        if lmax is None:
+            if evals is None:
+                raise ValueError(f"rule {rule!r} needs lmax or evals")
+            lmax = evals[..., -1].clamp(min=0.0)
+        nrm = lmax * lmax / (2.0 if rule == "paper" else 2.0 * margin)
     safe = torch.where(nrm > 0, nrm, torch.ones_like(nrm))
     return torch.where(nrm > 0, 1.0 / safe, torch.zeros_like(nrm))
 

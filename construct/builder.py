@@ -24,6 +24,28 @@ as one head; the Newton layer has 1 bilinear head (2 in the merged form), so H =
 (linear) in the default form.  Head width Dh = d (2d in the merged form).  MLP hidden width 2d
 (4d merged), used only by Newton layers.
 
+Adaptive α (``alpha="adaptive"``, see :mod:`construct.adaptive`): the network computes
+α = f(tr(S^p)) from the prompt (p = ``alpha_trace``, default 3; f a piecewise-linear lower bound
+of 1.5·tr(S^p)^(−2/p), so α·λ_max² ≤ 1.5 < 2 on every prompt) and then runs exactly the fixed-α
+iteration with that α.  One register token (a fixed prefix token with slot ``one`` = 1) holds
+τ = tr(S^p) and α.  Layers::
+
+    gram          v ← S x (examples); merged: c ← S x_q (query)     (+ trace/α when p = 1)
+    trace+alpha   tau ← tr(S^p), alpha ← f(tau) at the register       (p = 2, 3 only)
+    scale         u ← α S z (= the init layer's M₀ z); merged: c ← 0
+    then the fixed-α model's Newton layers and read-out, unchanged (merged: an adaptive c-init).
+
+In the default form the query's u is never read (the read-out uses x_q and the train tokens'
+u), so it stays 0 there; the merged form carries u = M_j x_q on the query as usual.
+
+**Default form: k + 4 layers (p = 2, 3) or k + 3 (p = 1); merged form: k + 3 (p = 2, 3) or
+k + 2 (p = 1).**  Residual width **D = 4d + 5** (default) or **5d + 5** (merged): the fixed
+model's slots plus v (d) and one, tau, alpha (3 scalars).  Heads per layer: d bilinear heads
+(2d with ReLU) in the trace and scale layers (d + 1 or d + 2 in the p = 1 gram layer), head width d.
+MLP hidden width max(K, 2d) (4d merged), K = 220 (float64) or 97 (float32) PL pieces, used by
+the trace+alpha layer only.  ``normalize=True`` is refused (α already adapts to the prompt's
+scale and length).
+
 Tokens: one per example, [x_i in slot x, y_i in slot y], then the query [x_q in slot xq].
 The query's x slot is 0, so it never enters S.  No weight depends on the prompt length n.
 
@@ -56,8 +78,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import adaptive as _adaptive
 from .blocks import (
-    BlockSpec, c_init_block, init_block, merged_readout_block, newton_block, readout_block,
+    BlockSpec, adaptive_c_init_block, c_init_block, gram_block, gram_heads, init_block,
+    merged_readout_block, newton_block, readout_block, scale_block, trace_alpha_block,
 )
 from .blocks.gd import gd_block
 from .blocks.hyperpower import (
@@ -78,23 +102,46 @@ class NewtonSpec:
 
     d: int                       # data dimension (>= 1)
     k: int                       # Newton steps (>= 0; >= 2 for merged/hyperpower; hyperpower: at least Newton-k)
-    alpha: float                 # step size α (> 0, finite); α_eff = α/N² when normalize
+    alpha: float | str           # step size α (> 0, finite; α_eff = α/N² when normalize) or "adaptive"
     attn: str = "relu"           # "relu" (signed head pairs) | "linear"
     normalize: bool = False      # 1/N attention normalisation
     lam: float = 0.0             # ridge λ >= 0 (Newton on S + λI)
     form: str = "default"        # "default" (k+2 layers) | "merged" (k+1) | "hyperpower" (j+3, 4·3^j ≥ 2^k)
     looped: bool = False         # share one weight block across the Newton layers
     printed_paper: bool = False  # reproduce the paper's V₂ = V₁ erratum (wrong on purpose)
+    alpha_trace: int = _adaptive.DEFAULT_TRACE  # adaptive only: α = f(tr(S^p)), p in {1, 2, 3}
+    alpha_range: tuple[int, int] | None = None  # adaptive only: log2 bounds of tr(S^p)^(1/p) (None: float64 default)
 
     def __post_init__(self) -> None:
         check_int("d", self.d, 1)
         check_int("k", self.k, 0)
-        check_real("alpha", self.alpha, positive=True)
+        if isinstance(self.alpha, str):
+            if self.alpha != "adaptive":
+                raise ValueError(f"alpha must be a positive number or 'adaptive', got {self.alpha!r}")
+            if self.normalize:
+                raise ValueError("alpha='adaptive' does not combine with normalize=True: the in-network α "
+                                 "already adapts to the prompt's scale and length; build with normalize=False")
+            if self.alpha_trace not in _adaptive.TRACE_POWERS:
+                raise ValueError(f"alpha_trace must be one of {_adaptive.TRACE_POWERS}, got {self.alpha_trace!r}")
+            rng = _adaptive.default_range(torch.float64) if self.alpha_range is None else self.alpha_range
+            if not (isinstance(rng, (tuple, list)) and len(rng) == 2):
+                raise ValueError(f"alpha_range must be a pair of ints (lo, hi), got {rng!r}")
+            object.__setattr__(self, "alpha_range", (check_int("alpha_range[0]", rng[0], -10**6),
+                                                     check_int("alpha_range[1]", rng[1], -10**6)))
+            _adaptive.pl_function(self.alpha_trace, self.alpha_range)  # validates the range
+        else:
+            check_real("alpha", self.alpha, positive=True)
+            object.__setattr__(self, "alpha", float(self.alpha))
+            if self.alpha_range is not None:
+                raise ValueError("alpha_range applies to alpha='adaptive' only")
         check_real("lam", self.lam, nonneg=True)
         if self.attn not in ATTNS:
             raise ValueError(f"attn must be one of {ATTNS} for the Newton construction, got {self.attn!r}")
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.form == "hyperpower" and self.adaptive:
+            raise ValueError("alpha='adaptive' is not built for the hyperpower form yet; give a fixed alpha "
+                             "(e.g. construct.safe_alpha(X)) or use form='default' or 'merged'")
         if self.form in ("merged", "hyperpower") and self.k < 2:
             raise ValueError(f"the {self.form} form needs k >= 2 (got k={self.k}); use form='default'")
         if self.printed_paper and self.attn != "relu":
@@ -102,8 +149,26 @@ class NewtonSpec:
         for name in ("normalize", "looped", "printed_paper"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "lam", float(self.lam))
+
+    @property
+    def adaptive(self) -> bool:
+        """True when α is computed inside the network (``alpha="adaptive"``)."""
+        return self.alpha == "adaptive"
+
+    @property
+    def alpha_layers(self) -> int:
+        """Layers an adaptive α adds before M₀ z exists: 2 (p = 2, 3) or 1 (p = 1); 0 for a fixed α."""
+        if not self.adaptive:
+            return 0
+        return 1 if self.alpha_trace == 1 else 2
+
+    @property
+    def pl(self) -> "_adaptive.PLAlpha":
+        """The adaptive α's piecewise-linear function (adaptive models only)."""
+        if not self.adaptive:
+            raise ValueError("this model has a fixed alpha; pl exists for alpha='adaptive' only")
+        return _adaptive.pl_function(self.alpha_trace, self.alpha_range)
 
     @property
     def n_order3(self) -> int:
@@ -112,15 +177,16 @@ class NewtonSpec:
 
     @property
     def n_layers(self) -> int:
-        """k + 2 (default), k + 1 (merged), j + 3 (hyperpower)."""
+        """k + 2 (default), k + 1 (merged), j + 3 (hyperpower); adaptive α adds ``alpha_layers``."""
         if self.form == "hyperpower":
             return self.n_order3 + 3
-        return self.k + (1 if self.form == "merged" else 2)
+        return self.k + (1 if self.form == "merged" else 2) + self.alpha_layers
 
     @property
     def width(self) -> int:
-        """Residual width D: 3d + 2 (default), 4d + 2 (merged), 6d + 2 (hyperpower)."""
-        return {"default": 3, "merged": 4, "hyperpower": 6}[self.form] * self.d + 2
+        """Residual width: 3d + 2 (default), 4d + 2 (merged), 6d + 2 (hyperpower); adaptive: + d + 3."""
+        base = {"default": 3, "merged": 4, "hyperpower": 6}[self.form] * self.d + 2
+        return base + (self.d + 3 if self.adaptive else 0)
 
     @property
     def residual_power(self) -> int:
@@ -129,10 +195,18 @@ class NewtonSpec:
 
     @property
     def n_prefix(self) -> int:
+        """Fixed prefix tokens: d ridge tokens when λ > 0, then the register when adaptive."""
+        return (self.d if self.lam > 0 else 0) + (1 if self.adaptive else 0)
+
+    @property
+    def n_ridge(self) -> int:
         return self.d if self.lam > 0 else 0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["alpha_range"] is not None:
+            out["alpha_range"] = list(out["alpha_range"])
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "NewtonSpec":
@@ -186,15 +260,39 @@ def make_layout(spec: NewtonSpec) -> ResidualLayout:
     ]
     if spec.form == "merged":
         sizes.append(("c", d, "S M_j z (merged form)"))
+    if spec.adaptive:
+        sizes.append(("v", d, "S x_i on example tokens (adaptive α); 0 on the query and the register"))
     sizes += [("y", 1, "y_i on train tokens; 0 on the query"), ("out", 1, "the prediction, at the query token")]
-    stages = [("read-in", {"x": "x_i", "xq": "x_q", "u": "0", "y": "y_i", "out": "0", "c": "0"})]
+    if spec.adaptive:
+        p = spec.alpha_trace
+        sizes += [("one", 1, "1 on the register token (adaptive α), 0 elsewhere"),
+                  ("tau", 1, f"tr(S^{p}) on the register, 0 elsewhere"),
+                  ("alpha", 1, f"α = f(tr(S^{p})) on the register, 0 elsewhere")]
+    reg = {"one": "1 (register)", "tau": "0", "alpha": "0", "v": "0"} if spec.adaptive else {}
+    stages = [("read-in", {"x": "x_i", "xq": "x_q", "u": "0", "y": "y_i", "out": "0", "c": "0", **reg})]
     last_newton = spec.k if spec.form == "default" else spec.k - 1
-    stages.append(("L0 init", {"x": "x_i", "xq": "x_q", "u": "M_0 z = αS z", "c": "σ S x_i (train), 0 (query); σ≈√α", "y": "y_i", "out": "0"}))
+    if spec.adaptive:
+        p = spec.alpha_trace
+        ta = {"tau": f"tr(S^{p}) (register)", "alpha": "α = f(tau) (register)"}
+        merged = spec.form == "merged"
+        stages.append(("L0 gram" + ("+alpha" if p == 1 else ""), {
+            "x": "x_i", "xq": "x_q", "u": "0", "v": "S x_i (examples)",
+            "c": "S x_q (query), 0 elsewhere" if merged else "0", "y": "y_i", "out": "0", "one": "1 (register)",
+            **(ta if p == 1 else {"tau": "0", "alpha": "0"})}))
+        if p != 1:
+            stages.append(("L1 trace+alpha", dict(stages[-1][1], **ta)))
+        stages.append((f"L{spec.alpha_layers} scale", dict(stages[-1][1], c="0",
+                                                          u="M_0 z = αS z" + ("" if merged else " (0 on the query)"))))
+        reg = {"one": "1 (register)", "v": "S x_i (examples)", **ta}
+    else:
+        stages.append(("L0 init", {"x": "x_i", "xq": "x_q", "u": "M_0 z = αS z", "c": "σ S x_i (train), 0 (query); σ≈√α", "y": "y_i", "out": "0"}))
+    off = spec.alpha_layers
     for j in range(1, last_newton + 1):
         c = f"S M_{j} z" if spec.form == "merged" else "0"
-        stages.append((f"L{j} newton", {"x": "x_i", "xq": "x_q", "u": f"M_{j} z", "c": c, "y": "y_i", "out": "0"}))
+        uq = " (0 on the query)" if spec.adaptive and spec.form == "default" else ""
+        stages.append((f"L{j + off} newton", {"x": "x_i", "xq": "x_q", "u": f"M_{j} z{uq}", "c": c, "y": "y_i", "out": "0", **reg}))
     stages.append(
-        (f"L{last_newton + 1} readout", {
+        (f"L{last_newton + 1 + off} readout", {**reg, 
             "x": "x_i", "xq": "x_q", "u": f"M_{last_newton} z",
             "c": f"S M_{last_newton} z" if spec.form == "merged" else "0",
             "y": "y_i", "out": f"x_qᵀ M_{spec.k} Xᵀy (query)" if spec.form == "default" else f"z_tᵀ M_{spec.k} Xᵀy (every token)",
@@ -248,14 +346,26 @@ def make_blocks(spec: NewtonSpec, layout: ResidualLayout) -> tuple[list[BlockSpe
         schedule.append(len(blocks))
         blocks.append(hyper_readout_block(layout, d, a))
         return blocks, schedule
-    blocks = [init_block(layout, d, spec.alpha, a, seed_c=spec.form == "merged")]
+    if spec.adaptive:
+        pl = spec.pl
+        park = "c" if spec.form == "merged" else None  # where the query's S x_q waits (merged only)
+        if spec.alpha_trace == 1:
+            blocks = [trace_alpha_block(layout, d, 1, a, pl.kinks, pl.weights, extra_heads=gram_heads(d, park),
+                                        name="gram+alpha")]
+        else:
+            blocks = [gram_block(layout, d, a, park),
+                      trace_alpha_block(layout, d, spec.alpha_trace, a, pl.kinks, pl.weights)]
+        blocks.append(scale_block(layout, d, a, park))
+    else:
+        blocks = [init_block(layout, d, spec.alpha, a, seed_c=spec.form == "merged")]
+    pre = len(blocks)  # layers before the first Newton layer
     if spec.form == "default":
         n_newton = spec.k
         newton = [newton_block(layout, d, a, carry_c=False, printed_paper=spec.printed_paper)]
-        schedule = [0]
+        schedule = list(range(pre))
         if spec.looped:
             blocks += newton if n_newton else []
-            schedule += [1] * n_newton
+            schedule += [pre] * n_newton
         else:
             for _ in range(n_newton):
                 schedule.append(len(blocks))
@@ -265,13 +375,13 @@ def make_blocks(spec: NewtonSpec, layout: ResidualLayout) -> tuple[list[BlockSpe
     else:
         if spec.printed_paper:
             raise ValueError("printed_paper is only built for the default form")
-        schedule = [0, 1]
-        blocks.append(c_init_block(layout, d, spec.alpha, a))
+        schedule = list(range(pre + 1))
+        blocks.append(adaptive_c_init_block(layout, d, a) if spec.adaptive else c_init_block(layout, d, spec.alpha, a))
         rest = spec.k - 2  # identical Newton(+c) layers after the c-init layer
         step = newton_block(layout, d, a, carry_c=True)
         if spec.looped and rest:
             blocks.append(step)
-            schedule += [2] * rest
+            schedule += [pre + 1] * rest
         else:
             for _ in range(rest):
                 schedule.append(len(blocks))
@@ -308,7 +418,11 @@ def assemble(spec: NewtonSpec, layout: ResidualLayout, blocks: list[BlockSpec], 
         model.W_out[layout["out"], 0] = 1.0
         if spec.n_prefix:
             model.prefix.zero_()
-            model.prefix[:, layout["x"]] = math.sqrt(spec.lam) * torch.eye(d, dtype=torch.float64)
+            R = spec.n_ridge
+            if R:
+                model.prefix[:R, layout["x"]] = math.sqrt(spec.lam) * torch.eye(d, dtype=torch.float64)
+            if spec.adaptive:
+                model.prefix[R, layout["one"]] = 1.0  # the register token
         for blk, bs in zip(model.blocks, blocks):
             for h, head in enumerate(bs.heads):
                 w = dense_head(layout, head, d_head)
@@ -326,7 +440,7 @@ def assemble(spec: NewtonSpec, layout: ResidualLayout, blocks: list[BlockSpec], 
 def build_newton_transformer(
     d: int,
     k: int,
-    alpha: float,
+    alpha: float | str,
     *,
     attn: str = "relu",
     normalize: bool = False,
@@ -334,6 +448,8 @@ def build_newton_transformer(
     form: str = "default",
     looped: bool = False,
     printed_paper: bool = False,
+    alpha_trace: int = _adaptive.DEFAULT_TRACE,
+    alpha_range: tuple[int, int] | None = None,
     dtype: torch.dtype = torch.float64,
 ):
     """Build a transformer that runs k steps of Iterative Newton in context (see module doc).
@@ -342,6 +458,10 @@ def build_newton_transformer(
     ``predict(X, y, x_query)``, ``predict_all(X, y)``, ``n_layers`` (k+2; k+1 merged; j+3
     hyperpower), ``residual_power`` (P with I − MS = (I − αS²)^P), ``layout``, ``describe()`` and
     ``save(path)``.  ``form="hyperpower"`` with k < 2 warns and builds the default form.
+
+    ``alpha="adaptive"``: α is computed in the network from tr(S^p), p = ``alpha_trace``
+    (see :mod:`construct.adaptive`); ``model.alpha_of(X)`` gives it.  ``alpha_range`` (log2
+    bounds of tr(S^p)^(1/p)) defaults to the widest range ``dtype`` can hold.
     """
     from .model import NewtonTransformer
 
@@ -354,8 +474,14 @@ def build_newton_transformer(
             UserWarning, stacklevel=2,
         )
         form = "default"
+    adaptive_kw = {}
+    if isinstance(alpha, str) and alpha == "adaptive":
+        adaptive_kw = dict(alpha_trace=alpha_trace,
+                           alpha_range=_adaptive.default_range(dtype) if alpha_range is None else alpha_range)
+    elif alpha_range is not None or alpha_trace != _adaptive.DEFAULT_TRACE:
+        raise ValueError("alpha_trace and alpha_range apply to alpha='adaptive' only")
     spec = NewtonSpec(d=d, k=k, alpha=alpha, attn=attn, normalize=normalize, lam=lam,
-                      form=form, looped=looped, printed_paper=printed_paper)
+                      form=form, looped=looped, printed_paper=printed_paper, **adaptive_kw)
     return NewtonTransformer(spec).to(dtype)
 
 
@@ -396,6 +522,14 @@ class GDSpec:
     @property
     def lam(self) -> float:
         return 0.0
+
+    @property
+    def n_ridge(self) -> int:
+        return 0
+
+    @property
+    def adaptive(self) -> bool:
+        return False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -150,16 +150,17 @@ class SavableModel(nn.Module):
         state = {k: v for k, v in self.state_dict().items()}
         atomic_save_tensors(path / WEIGHTS_FILE, state, metadata={"format": FORMAT, "kind": self.kind})
         dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-        atomic_write_json(
-            path / CONFIG_FILE,
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "kind": self.kind,
-                "dtype": str(dtype).removeprefix("torch."),
-                "config": self.config_dict(),
-            },
-        )
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "dtype": str(dtype).removeprefix("torch."),
+            "config": self.config_dict(),
+        }
+        knobs = getattr(getattr(self, "transformer", None), "knobs", None)
+        if knobs is not None:  # compiled by construct.to_gpt2: rebuilt from the config plus these
+            meta["gpt2"] = knobs.to_dict()
+        atomic_write_json(path / CONFIG_FILE, meta)
         return path
 
 
@@ -201,6 +202,10 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
         raise CheckpointError(f"{str(path / CONFIG_FILE)!r} is corrupt: 'config' must be an object")
     try:
         model = cls.from_config_dict(meta["config"])
+        if "gpt2" in meta:
+            from .gpt2 import recompile
+
+            model = recompile(model.to(getattr(torch, str(meta.get("dtype", "float64")))), meta["gpt2"])
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint config in {str(path)!r} is invalid: {e}") from None
     state = read_tensors(path / WEIGHTS_FILE)

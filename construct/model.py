@@ -6,20 +6,25 @@ import dataclasses
 
 import torch
 
+from .adaptive import default_range, pl_alpha, trace_power
 from .alpha import check_alpha, check_lr
 from .builder import GDSpec, NewtonSpec, assemble, make_blocks, make_gd_blocks, make_gd_layout, make_layout
 from .checkpoint import SavableModel, register_kind
 from .layout import ResidualLayout
+from .hooks import HookedMixin
 from .transformer import Transformer
-from .validate import check_prompts
+from .validate import as_tensor, check_prompts
 
 
-class HandBuiltModel(SavableModel):
-    """What every hand-built network shares: prompt encoding, prediction, caches.
+PREFIX_GROUPS = 16  # predict_all runs the n prefixes in this many length groups (≈ 10% padding)
 
-    Subclasses set ``spec`` (with ``d``, ``n_prefix``, ``normalize``), ``layout``,
+
+class HandBuiltModel(HookedMixin, SavableModel):
+    """What every hand-built network shares: prompt encoding, prediction, caches, hooks.
+
+    Subclasses set ``spec`` (with ``d``, ``n_prefix``, ``normalize``, ``adaptive``), ``layout``,
     ``block_specs``, ``schedule`` and ``transformer``, and define ``_alpha_check``.
-    Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P ridge prefix
+    Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P prefix
     tokens, n train tokens, then the query.
     """
 
@@ -68,6 +73,8 @@ class HandBuiltModel(SavableModel):
         ``check_alpha``: "raise" (default) raises AlphaDivergenceError when the built-in step size
         diverges on a prompt (Newton: α_eff·λ_max(S+λI)² ≥ 2; GD: lr_eff·λ_max(S) ≥ 2), "warn"
         warns, "ignore" skips the check.
+        An adaptive model never diverges; it raises AlphaRangeError (whatever ``check_alpha``)
+        when a prompt's tr(S^p) lies outside its valid range, since its α would be wrong there.
         """
         X, y, x_query = self._check(X, y, x_query)
         self._alpha_check(X, X.shape[1] + 1 + self.spec.n_prefix, check_alpha)
@@ -78,38 +85,73 @@ class HandBuiltModel(SavableModel):
     def predict_all(self, X, y, check_alpha: str = "raise") -> torch.Tensor:
         """All-prefix predictions (B, n): position t predicts y_t from examples 0..t−1 (t=0 gives 0).
 
-        Runs B·n prompts at once: prompt (b, t) holds all n train tokens with tokens ≥ t hidden
-        by the key mask, and x_t as the query.  Cost O(B · n · L · n² · d) for L layers.
+        Runs the B·n prefix prompts of :meth:`prefix_prompts`, grouped by length: cost
+        O(B · (k+2) · Σ_t t² · d) ≈ O(B · k · n³ · d / 3), a third of running every prefix at full
+        length (``construct.reference_forward.reference_predict_all``, the previous path).
         """
         X, y, _ = self._check(X, y, None)
         B, n, d = X.shape
-        Xt = X[:, None].expand(B, n, n, d).reshape(B * n, n, d)  # (B·n, n, d)
-        yt = y[:, None].expand(B, n, n).reshape(B * n, n)
-        xq = X.reshape(B * n, d)  # query of prompt (b, t) is x_t
-        t = torch.arange(n, device=X.device)
-        visible = (t[None, :] < t[:, None])  # (n, n): train token j visible for prefix t iff j < t
-        key_mask = torch.cat([visible, torch.ones(n, 1, dtype=torch.bool, device=X.device)], 1)  # (n, n+1)
-        key_mask = key_mask[None].expand(B, n, n + 1).reshape(B * n, n + 1)
-        if check_alpha != "ignore":
-            Xm = Xt * visible[None].expand(B, n, n).reshape(B * n, n, 1).to(X.dtype)
+        if check_alpha != "ignore" or self.spec.adaptive:
+            t = torch.arange(n, device=X.device)
+            visible = t[None, :] < t[:, None]  # (n, n): train token j visible for prefix t iff j < t
+            Xm = X[:, None] * visible[None, :, :, None].to(X.dtype)  # (B, n, n, d)
             norm = (t + 1 + self.spec.n_prefix).to(X.dtype).repeat(B)
-            self._alpha_check(Xm, norm, check_alpha)
-        out = self.transformer(self.encode(Xt, yt, xq), key_mask)  # (B·n, P+n+1, 1)
-        return out[:, -1, 0].reshape(B, n)
+            self._alpha_check(Xm.reshape(B * n, n, d), norm, check_alpha)
+        out = X.new_empty(B, n)
+        for lo, hi, tokens, key_mask in self.prefix_prompts(X, y):
+            out[:, lo:hi] = self.transformer(tokens, key_mask)[:, -1, 0].reshape(B, hi - lo)
+        return out
 
-    def run_with_cache(self, X, y, x_query):
-        """``(prediction (B,), cache)`` with every hooked activation of the transformer.
+    def prefix_prompts(self, X: torch.Tensor, y: torch.Tensor, groups: int = PREFIX_GROUPS):
+        """Yield ``(lo, hi, tokens, key_mask)``: the prefix prompts t = lo..hi−1 of every prompt.
 
-        Residual streams have shape (B, P + n + 1, D); slice them with ``model.layout[slot]``.
+        Prompt (b, t) predicts y_t from examples 0..t−1 with x_t as its query.  Prefixes are run
+        in ``groups`` groups of consecutive t; group [lo, hi) holds hi − 1 train tokens and the
+        query, ``tokens`` (B·(hi−lo), hi, 2d+1) ordered (b, t), with train tokens j ≥ t hidden by
+        ``key_mask`` (None when nothing is hidden).
+
+        Exact: a hidden token is never a key and the 1/N normalisation counts visible keys only,
+        so every visible token computes the same numbers whether hidden tokens exist or not (the
+        tests check this against the full-length prompts to 1e-12).  A model with learned
+        positions (``max_len``) keeps all n train tokens in every group, so that the query stays
+        at position n.
+        """
+        B, n, d = X.shape
+        w = -(-n // max(1, min(int(groups), n)))  # prefixes per group
+        for lo in range(0, n, w):
+            hi = min(lo + w, n)
+            T = n if self.transformer.cfg.max_len else hi - 1  # train tokens in this group's prompts
+            G = hi - lo
+            ts = torch.arange(lo, hi, device=X.device)
+            Xg = X[:, None, :T].expand(B, G, T, d).reshape(B * G, T, d)  # (B·G, T, d)
+            yg = y[:, None, :T].expand(B, G, T).reshape(B * G, T)
+            xq = X[:, lo:hi].reshape(B * G, d)  # query of prompt (b, t) is x_t
+            vis = torch.arange(T, device=X.device)[None, :] < ts[:, None]  # (G, T)
+            key_mask = None
+            if not bool(vis.all()):
+                key_mask = torch.cat([vis, torch.ones(G, 1, dtype=torch.bool, device=X.device)], 1)  # (G, T+1)
+                key_mask = key_mask[None].expand(B, G, T + 1).reshape(B * G, T + 1)
+            yield lo, hi, self.encode(Xg, yg, xq), key_mask
+
+    def _hooked_run(self, X, y, x_query) -> torch.Tensor:
+        """The query prediction (B,), without the α check: what ``run_with_hooks`` / ``run_with_cache`` run.
+
+        ``model.run_with_cache(X, y, x_query, names_filter=None)`` returns ``(prediction (B,), cache)``
+        with the hooked activations (TransformerLens names, one entry per layer; see
+        :mod:`construct.hooks`).  Residual streams have shape (B, P + n + 1, D); slice them with
+        ``model.layout[slot]``.
         """
         X, y, x_query = self._check(X, y, x_query)
-        out, cache = self.transformer.run_with_cache(self.encode(X, y, x_query))
-        return out[:, -1, 0], cache
+        return self.transformer(self.encode(X, y, x_query))[:, -1, 0]
 
-    def residual_streams(self, X, y, x_query) -> torch.Tensor:
-        """Residual stream after the read-in and after each layer: (L + 1, B, P + n + 1, D)."""
+    def residual_streams(self, X, y, x_query, return_prediction: bool = False):
+        """Residual stream after the read-in and after each layer: (L + 1, B, P + n + 1, D).
+
+        ``return_prediction=True`` gives ``(streams, prediction (B,))`` from the same single run.
+        """
         X, y, x_query = self._check(X, y, x_query)
-        return self.transformer.residual_streams(self.encode(X, y, x_query))
+        res = self.transformer.residual_streams(self.encode(X, y, x_query), return_output=return_prediction)
+        return (res[0], res[1][:, -1, 0]) if return_prediction else res
 
     def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -173,27 +215,62 @@ class NewtonTransformer(HandBuiltModel):
         return NewtonTransformer(spec).to(self.dtype)
 
     def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
+        if self.spec.adaptive:
+            self._alpha_of(X)  # never diverges; raises AlphaRangeError outside the valid range
+            return
         check_alpha(X, self.spec.alpha, self.spec.lam, norm if self.spec.normalize else 1.0, on_diverge)
+
+    def _alpha_of(self, X: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.spec.alpha_range
+        dlo, dhi = default_range(self.dtype)
+        if lo < dlo or hi > dhi:
+            raise ValueError(
+                f"this adaptive model was built for alpha_range=({lo}, {hi}) but is now {self.dtype}, which holds "
+                f"only ({dlo}, {dhi}) (its PL weights would overflow); rebuild with dtype={self.dtype}"
+            )
+        return pl_alpha(self.spec.pl, trace_power(X, self.spec.alpha_trace, self.spec.lam))
+
+    def alpha_of(self, X) -> torch.Tensor:
+        """The α the network uses on each prompt: (B,) float64.
+
+        Adaptive models: α = f(tr((XᵀX + λI)^p)), computed here in float64 from X by the PL
+        formula (:mod:`construct.adaptive`), independently of the network's own α slot; raises
+        :class:`~construct.adaptive.AlphaRangeError` when tr(S^p) is outside the valid range.
+        Fixed-α models: their α (α/N² under normalize, N = P + n + 1 tokens), per prompt.
+        """
+        X = as_tensor("X", X, torch.float64, "cpu")
+        if X.dim() != 3 or X.shape[-1] != self.d or X.shape[0] == 0:
+            raise ValueError(f"X must have shape (B, n, {self.d}) with B >= 1, got {tuple(X.shape)}")
+        if self.spec.adaptive:
+            return self._alpha_of(X)
+        N = X.shape[1] + 1 + self.spec.n_prefix
+        a = self.spec.alpha / (N * N if self.spec.normalize else 1.0)
+        return torch.full((X.shape[0],), a, dtype=torch.float64)
 
     # ------------------------------------------------------------------ description
     def describe(self) -> str:
         s = self.spec
+        a = (f"adaptive (f(tr(S^{s.alpha_trace})), range 2^{s.alpha_range[0]}..2^{s.alpha_range[1]})"
+             if s.adaptive else f"{s.alpha:g}")
         from .builder import min_layers
 
-        form_layers = {"default": "k+2", "merged": "k+1 merged",
-                       "hyperpower": f"j+3 hyperpower, j={s.n_order3} order-3 layers"}[s.form]
-        width_formula = {"default": "3d+2", "merged": "4d+2", "hyperpower": "6d+2"}[s.form]
+        form = {"default": "k+2", "merged": "k+1 merged",
+                "hyperpower": f"j+3 hyperpower, j={s.n_order3} order-3 layers"}[s.form]
+        form += f"+{s.alpha_layers} adaptive" if s.adaptive else ""
+        wf = {"default": "3d+2", "merged": "4d+2", "hyperpower": "6d+2"}[s.form]
+        if s.adaptive:
+            wf = {"default": "4d+5", "merged": "5d+5"}[s.form]
         P = self.residual_power
         lines = [
-            f"NewtonTransformer: d={s.d}, k={s.k}, alpha={s.alpha:g}, attn={s.attn}, "
+            f"NewtonTransformer: d={s.d}, k={s.k}, alpha={a}, attn={s.attn}, "
             f"normalize={s.normalize}, lam={s.lam:g}, form={s.form}, looped={s.looped}"
             + (", PRINTED-PAPER (wrong on purpose)" if s.printed_paper else ""),
-            f"layers: {self.n_layers} ({form_layers}); degree lower bound for Newton-{s.k} accuracy: "
+            f"layers: {self.n_layers} ({form}); degree lower bound for Newton-{s.k} accuracy: "
             f"construct.min_layers({s.k}) = {min_layers(s.k)} (3^L >= 2^(k+2)+1)",
             f"residual power P = {P}: I - M S = (I - alpha S^2)^{P}"
             + (f" >= 2^{s.k} (at least Newton-{s.k}'s accuracy)" if s.form == "hyperpower" else f" = 2^{s.k}"),
             f"residual width D = {self.layout.width} "
-            f"({width_formula}); heads/layer = {self.transformer.cfg.n_heads}; "
+            f"({wf}); heads/layer = {self.transformer.cfg.n_heads}; "
             f"head width = {self.transformer.cfg.d_head}; MLP width = {self.transformer.cfg.hidden_mlp}; "
             f"prefix tokens = {s.n_prefix}; distinct weight blocks = {len(self.block_specs)}; "
             f"parameters = {sum(p.numel() for p in self.parameters())}",
@@ -206,6 +283,8 @@ class NewtonTransformer(HandBuiltModel):
             bs = self.block_specs[b]
             lines.append(f"{i:<5}  {bs.name:<15}  {len(bs.heads):<5}  {bs.summary}" + (f"   [block {b}]" if s.looped else ""))
         lines += ["", "slot contents after each stage (z = the token's own x: x_i, or x_q on the query):", self.layout.stage_table()]
+        if hasattr(self.transformer, "describe_compiled"):  # construct.to_gpt2
+            lines += ["", self.transformer.describe_compiled()]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ persistence

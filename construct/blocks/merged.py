@@ -32,6 +32,18 @@ one bilinear head of width 2d: query [u ; c], key [2x ; −u], value y, output i
 Summing against y_j gives x_qᵀ M_k Xᵀ y.  Every token carries u and c, so every token's ``out``
 receives z_tᵀ M_k Xᵀ y (its own z); only the query's is read out.
 
+**Adaptive α (c-init without a seed).**  In an adaptive model (:mod:`construct.blocks.scale`)
+the α is data-dependent, so no weight can carry α/(2σ²).  Instead the c-init layer uses the
+slot ``v`` = S x_l left on the example tokens by the gram layer (0 on the query): with
+u_l = α S x_l on example tokens,
+
+    Σ_l u_l ⟨v_l, u_i⟩ = α S (Σ_l x_l x_lᵀ) S · α S z_i = α² S⁴ z_i
+
+(query u, key v, value u, output −½ into c; the key v is 0 on the query and the register, so
+their u never enters).  Together with S u_i = Σ_l x_l ⟨x_l, u_i⟩ (query u, key x, value x,
+output +1) and the doubling MLP this gives c = 2αS²z − α²S⁴z = S M₁ z with c entering as 0,
+and the α in it is exactly the register's α (:func:`adaptive_c_init_block`).
+
 **Why not fewer layers (degree bound).**  Each exact layer maps a residual stream whose
 entries are polynomials of degree ≤ p in the data (x, y, x_q) to one of degree ≤ 3p: a score
 is a product of two entries and the value a third (the MLPs here are exactly linear, and the
@@ -99,3 +111,18 @@ def merged_readout_block(layout: ResidualLayout, d: int, attn: str) -> BlockSpec
     )
     return BlockSpec("merged-readout", heads_for(attn, [head]), None, "out ← x_qᵀ M_k Xᵀ y  (last step merged)")
 
+
+def adaptive_c_init_block(layout: ResidualLayout, d: int, attn: str) -> BlockSpec:
+    """Merged c-init for an adaptive α: u ← M₁ z, c ← S M₁ z from u = αSz and v = S x (module doc)."""
+    c_heads = [
+        Head(q={"u": eye(d, d)}, k={"x": eye(d, d)}, v={"x": eye(d, d)}, o={"c": eye(d, d).T},
+             label="c-init: c += Σ_l ⟨u, x_l⟩ x_l  (S u)"),
+        Head(q={"u": eye(d, d)}, k={"v": eye(d, d)}, v={"u": eye(d, d)}, o={"c": eye(d, d).T * -0.5},
+             label="c-init: c −= ½ Σ_l ⟨u, v_l⟩ u_l  (½ α² S⁴ z; key v = S x on examples only)"),
+    ]
+    return BlockSpec(
+        "newton+c-init",
+        heads_for(attn, newton_heads(d) + c_heads),
+        doubling_mlp(layout, ["u", "c"]),
+        "u ← M₁ z;  c ← S M₁ z  (α from the register)",
+    )
