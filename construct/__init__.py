@@ -13,6 +13,7 @@ from .alpha import (
     AlphaDivergenceError, AlphaDivergenceWarning, alpha_from_rule, check_alpha,
     fixed_alpha_for_distribution, safe_alpha,
 )
+from .adaptive import AlphaRangeError
 from .builder import NewtonSpec, build_newton_transformer, min_layers
 from .checkpoint import CheckpointError, load_model
 from .gpt2 import GPT2Transformer, Gpt2ToleranceError, NotCompilableError, ScaleError, error_bound, gpt2_scale, to_gpt2
@@ -23,7 +24,7 @@ from .transformer import Transformer, TransformerConfig
 __all__ = [
     "build_newton_transformer", "load_model", "NewtonTransformer", "NewtonSpec", "min_layers",
     "safe_alpha", "fixed_alpha_for_distribution", "check_alpha", "alpha_from_rule",
-    "AlphaDivergenceError", "AlphaDivergenceWarning", "CheckpointError",
+    "AlphaDivergenceError", "AlphaDivergenceWarning", "AlphaRangeError", "CheckpointError",
     "ResidualLayout", "Slot", "Transformer", "TransformerConfig",
     "to_gpt2", "gpt2_scale", "error_bound", "GPT2Transformer", "ScaleError", "NotCompilableError", "Gpt2ToleranceError",
 ]

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from .adaptive import default_range, pl_alpha, trace_power
+from .adaptive import AlphaRangeError, default_range, pl_alpha, trace_power
 from .alpha import check_alpha
 from .builder import NewtonSpec, assemble, make_blocks, make_layout
 from .checkpoint import SavableModel, register_kind
@@ -93,7 +93,7 @@ class NewtonTransformer(SavableModel):
         lo, hi = self.spec.alpha_range
         dlo, dhi = default_range(self.dtype)
         if lo < dlo or hi > dhi:
-            raise ValueError(
+            raise AlphaRangeError(
                 f"this adaptive model was built for alpha_range=({lo}, {hi}) but is now {self.dtype}, which holds "
                 f"only ({dlo}, {dhi}) (its PL weights would overflow); rebuild with dtype={self.dtype}"
             )
