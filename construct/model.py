@@ -11,12 +11,13 @@ from .alpha import check_alpha
 from .builder import NewtonSpec, assemble, make_blocks, make_layout
 from .checkpoint import SavableModel, register_kind
 from .layout import ResidualLayout
+from .hooks import HookedMixin
 from .transformer import Transformer
 from .validate import as_tensor, check_prompts
 
 
 @register_kind("newton")
-class NewtonTransformer(SavableModel):
+class NewtonTransformer(HookedMixin, SavableModel):
     """k steps of Iterative Newton, hand-built on :class:`~construct.transformer.Transformer`.
 
     Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P ridge prefix
@@ -157,14 +158,16 @@ class NewtonTransformer(SavableModel):
         out = self.transformer(self.encode(Xt, yt, xq), key_mask)  # (B·n, P+n+1, 1)
         return out[:, -1, 0].reshape(B, n)
 
-    def run_with_cache(self, X, y, x_query):
-        """``(prediction (B,), cache)`` with every hooked activation of the transformer.
+    def _hooked_run(self, X, y, x_query) -> torch.Tensor:
+        """The query prediction (B,), without the α check: what ``run_with_hooks`` / ``run_with_cache`` run.
 
-        Residual streams have shape (B, P + n + 1, D); slice them with ``model.layout[slot]``.
+        ``model.run_with_cache(X, y, x_query, names_filter=None)`` returns ``(prediction (B,), cache)``
+        with the hooked activations (TransformerLens names, one entry per layer; see
+        :mod:`construct.hooks`).  Residual streams have shape (B, P + n + 1, D); slice them with
+        ``model.layout[slot]``.
         """
         X, y, x_query = self._check(X, y, x_query)
-        out, cache = self.transformer.run_with_cache(self.encode(X, y, x_query))
-        return out[:, -1, 0], cache
+        return self.transformer(self.encode(X, y, x_query))[:, -1, 0]
 
     def residual_streams(self, X, y, x_query) -> torch.Tensor:
         """Residual stream after the read-in and after each layer: (L + 1, B, P + n + 1, D)."""

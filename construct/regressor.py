@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from construct.checkpoint import SavableModel, register_kind
+from construct.hooks import HookedMixin
 from construct.validate import as_tensor, config_from_dict
 from construct.transformer import Transformer, TransformerConfig
 
@@ -129,8 +130,13 @@ def pad_dims(X: torch.Tensor, d: int) -> torch.Tensor:
 
 
 @register_kind("garg")
-class GargRegressor(SavableModel):
-    """GPT-2-style in-context linear regressor.  ``predict_all(X, y) -> (B, n)``."""
+class GargRegressor(HookedMixin, SavableModel):
+    """GPT-2-style in-context linear regressor.  ``predict_all(X, y) -> (B, n)``.
+
+    Hooks follow TransformerLens (:mod:`construct.hooks`): ``run_with_cache(X, y)`` returns the
+    all-prefix predictions (B, n) and the cache over the 2n interleaved tokens,
+    ``run_with_hooks(X, y, fwd_hooks=[...])`` the predictions with the hooks applied.
+    """
 
     config_cls = GargConfig
 
@@ -206,6 +212,9 @@ class GargRegressor(SavableModel):
         tokens = self._tokens(X, y, self.cfg.n_points)  # (B, 2n, d)
         out = self.transformer(tokens)  # (B, 2n, 1)
         return out[:, ::2, 0]  # read at the x tokens: (B, n)
+
+    def _hooked_run(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.forward(X, y)
 
     @torch.no_grad()
     def predict_all(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
