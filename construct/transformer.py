@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from .hooks import ActivationCache, HookedMixin, HookPoint, act_name, name_hook_points  # noqa: F401  (re-exported)
 
 ATTN_KINDS = ("softmax", "relu", "linear")
-MLP_KINDS = ("relu", "gelu")
+MLP_KINDS = ("relu", "gelu", "gelu_new")  # gelu: exact xΦ(x); gelu_new: GPT-2's tanh approximation
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class TransformerConfig:
     causal: bool = True             # causal (lower-triangular) mask, else full attention
     attn_norm: bool = False         # divide each attention row by its number of keys (1/N)
     attn_scale: float | None = None # score scale; None -> 1/sqrt(Dh) for softmax, else 1
-    mlp: str | None = "gelu"        # None | "relu" | "gelu"
+    mlp: str | None = "gelu"        # None | "relu" | "gelu" (exact) | "gelu_new" (tanh approx.)
     d_mlp: int = 0                  # M, MLP hidden width (0 -> 4 D)
     layernorm: bool = True          # pre-LayerNorm in each layer and before the read-out
     bias: bool = True               # biases in Q/K/V/O, MLP, read-in and read-out
@@ -254,7 +254,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, hk: "MLPHooks") -> torch.Tensor:
         h = hk.hook_pre(F.linear(x, self.W_in.t(), self.b_in if self.bias else None))  # (B, N, M)
-        h = hk.hook_post(F.relu(h) if self.act == "relu" else F.gelu(h))
+        if self.act == "relu":
+            h = F.relu(h)
+        else:
+            h = F.gelu(h, approximate="tanh" if self.act == "gelu_new" else "none")
+        h = hk.hook_post(h)
         return F.linear(h, self.W_out.t(), self.b_out if self.bias else None)  # (B, N, D)
 
 
@@ -388,9 +392,14 @@ class Transformer(HookedMixin, nn.Module):
         return F.linear(r, self.W_out.t(), self.b_out)  # (B, P+N, d_out)
 
     # ------------------------------------------------------------------ hooks
-    def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Residual stream after the read-in and after every layer: (L+1, B, P+N, D)."""
+    def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
+                         return_output: bool = False):
+        """Residual stream after the read-in and after every layer: (L+1, B, P+N, D).
+
+        ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run.
+        """
         L = self.cfg.n_layers
         want = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
-        _, cache = self.run_with_cache(tokens, key_mask, names_filter=want)
-        return torch.stack([cache[n] for n in want])
+        out, cache = self.run_with_cache(tokens, key_mask, names_filter=want)
+        streams = torch.stack([cache[n] for n in want])
+        return (streams, out) if return_output else streams

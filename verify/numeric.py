@@ -90,7 +90,7 @@ from typing import Any
 import torch
 
 from construct.adaptive import trace_power
-from construct.alpha import BOUNDARY_SLACK, AlphaDivergenceError, alpha_ratio, lambda_max
+from construct.alpha import BOUNDARY_SLACK, AlphaDivergenceError
 from construct.blocks.base import c_scale
 from construct.model import NewtonTransformer
 from construct.validate import check_prompts, check_real
@@ -414,8 +414,25 @@ class _Reference:
     pred_bound: torch.Tensor                # (B,) absolute rounding bound of the prediction
 
 
-def _reference(model: NewtonTransformer, X, y, x_query, unit: float) -> _Reference:
-    """Expected residual streams and rounding bounds, from the prompt and ``model.spec`` only (float64)."""
+def _newton_norms(ev: torch.Tensor, alpha: float, k: int) -> torch.Tensor:
+    """‖M_j‖₂ for j = 0..k (k+1, B) from the eigenvalues ev (B, d) of symmetric S.
+
+    M_j is a polynomial in S, so ‖M_j‖₂ = max_i |m_j(λ_i)| with m_j(λ) = e_j/λ, e_0 = αλ²,
+    e_{j+1} = e_j(2 − e_j) (= 1 − (1 − αλ²)^(2^j)): O(k·d) per prompt instead of k + 1 SVDs.
+    """
+    e, norms = alpha * ev * ev, []
+    nz = ev != 0
+    safe_ev = torch.where(nz, ev, torch.ones_like(ev))
+    for j in range(k + 1):
+        if j:
+            e = e * (2 - e)
+        norms.append(torch.where(nz, e / safe_ev, torch.zeros_like(ev)).abs().amax(-1))
+    return torch.stack(norms)
+
+
+def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch.Tensor | None = None) -> _Reference:
+    """Expected residual streams and rounding bounds, from the prompt and ``model.spec`` only (float64).
+    ``ev_S``: the eigenvalues of S = XᵀX + λI if the caller has them (reused when S is not scaled)."""
     spec, layout = model.spec, model.layout
     X, y, x_query = (t.to(F64) for t in (X, y, x_query))
     B, n, d = X.shape
@@ -438,14 +455,20 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float) -> _Referen
     steps = model.newton_step_after_layer
     # α: the fixed weight, or (adaptive) the independent float64 mirror of the in-network α
     a = model.alpha_of(X) if ada else spec.alpha
-    Ms = [ref.newton_matrix(Sn, j, a) for j in range(spec.k + 1)]  # M_j on Sn, (B, d, d)
+    # every iterate M_0..M_k in k matrix steps (one recurrence, not k + 1 separate ones)
+    Ms = ref.newton_matrices(Sn, spec.k, a)  # (k+1, B, d, d): M_j on Sn
     alpha_eff = a if ada else (spec.alpha / N ** 2 if spec.normalize else spec.alpha)
-    pred = ref.newton_predict(X, y, x_query, spec.k, alpha_eff, lam=lam)  # (B,)
     b = (X.transpose(1, 2) @ y[..., None])[..., 0]  # Xᵀy (B, d)
+    # plain Newton on S with α_eff (what newton_predict computes); without normalize that is M_k
+    M_eff = ref.newton_matrix(S, spec.k, alpha_eff) if spec.normalize else Ms[spec.k]  # (B, d, d)
+    pred = torch.einsum("bd,bde,be->b", x_query, M_eff, b)  # (B,)
 
-    # rounding bounds (module doc): per prompt, absolute
-    norm_S = torch.linalg.matrix_norm(Sn, ord=2)  # (B,)
-    norm_M = torch.stack([torch.linalg.matrix_norm(M, ord=2) for M in Ms])  # (k+1, B)
+    # rounding bounds (module doc): per prompt, absolute.  M_j is a polynomial in Sn, so its
+    # 2-norm is max_i |m_j(λ_i)| over Sn's eigenvalues: m_j(λ) = e_j/λ with e_0 = αλ²,
+    # e_{j+1} = e_j(2 − e_j) (= 1 − (1 − αλ²)^(2^j)); one eigvalsh instead of k + 2 SVDs.
+    ev = torch.linalg.eigvalsh(Sn) if ev_S is None or spec.normalize else ev_S  # (B, d)
+    norm_S = ev.abs().amax(-1)  # (B,)
+    norm_M = _newton_norms(ev, a[:, None] if ada else spec.alpha, spec.k)  # (k+1, B)
     G = (norm_M * (2 + norm_M * norm_S)).cummax(0).values  # (k+1, B)
     zmax = Z.norm(dim=-1).max(dim=1).values  # (B,)
     xy = (X.norm(dim=-1) * y.abs()).sum(1)  # Σ_l |x_l||y_l|  (B,)
@@ -482,10 +505,12 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float) -> _Referen
     streams.append(first)
     bounds.append(first_bd)
     L = len(steps)
+    U = Z @ Ms.transpose(-1, -2)  # (k+1, B, T, d): M_j z for every j in one batched product
+    SMZ = Z @ (Sn @ Ms).transpose(-1, -2) if has_c else None  # (k+1, B, T, d): S M_j z
     for i, j in enumerate(steps):
         s = dict(base_slots)
         bd = dict(x=zero, xq=zero, y=zero)
-        s["u"] = Z @ Ms[j].transpose(1, 2)  # M_j z
+        s["u"] = U[j]  # M_j z
         bd["u"] = u_bound[j]
         if ada:
             s["v"], bd["v"], bd["one"] = v, v_bd, zero
@@ -506,14 +531,14 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float) -> _Referen
                 c[:, -1] = 0.0
                 bd["c"] = base * sigma * norm_S * zmax
             else:
-                c = Z @ (Sn @ Ms[j]).transpose(1, 2)  # S M_j z
+                c = SMZ[j]  # S M_j z
                 bd["c"] = u_bound[j] * norm_S
             s["c"] = c
         out = torch.zeros(B, T, 1, dtype=F64)
         bd["out"] = zero
         if i == L - 1:
             if spec.form == "merged":  # the read-out's query reads u, c: every token gets z_tᵀ M_k Xᵀy
-                w_k = (ref.newton_matrix(S, spec.k, alpha_eff) @ b[..., None])[..., 0]  # (B, d)
+                w_k = (M_eff @ b[..., None])[..., 0]  # (B, d)
                 out[..., 0] = torch.einsum("btd,bd->bt", Z, w_k)
                 bd["out"] = read * zmax
             else:
@@ -538,12 +563,13 @@ def expected_streams(model: NewtonTransformer, X, y, x_query) -> list[dict[str, 
 
 
 # ----------------------------------------------------------------------------- verify
-def _max_abs(got: torch.Tensor, want: torch.Tensor) -> tuple[float, tuple[int, int] | None]:
-    """max |got − want| and the (prompt, token) where it occurs; NaN/inf in ``got`` wins."""
+def _max_abs(got: torch.Tensor, want: torch.Tensor, finite: bool = False) -> tuple[float, tuple[int, int] | None]:
+    """max |got − want| and the (prompt, token) where it occurs; NaN/inf in ``got`` wins.
+    ``finite=True``: the caller has already checked that ``got`` is all finite."""
     if got.numel() == 0:
         return 0.0, None
-    bad = ~torch.isfinite(got)
-    if bad.any():
+    bad = None if finite else ~torch.isfinite(got)
+    if bad is not None and bad.any():
         b, t = (int(i) for i in torch.nonzero(bad)[0][:2])
         return (math.nan if torch.isnan(got).any() else math.inf), (b, t)
     diff = (got - want).abs().amax(-1)  # (B, T)
@@ -568,9 +594,10 @@ def _token_name(where, P: int, n: int, B: int) -> str:
     return f"prompt {b} {kind}" if B > 1 else kind
 
 
-def _contraction(S: torch.Tensor, alpha_eff: torch.Tensor, k: int) -> torch.Tensor:
-    """Per prompt max over nonzero eigenvalues s of |1 − α_eff s²|^(2^k) (in log space)."""
-    ev = torch.linalg.eigvalsh(S)  # (B, d) ascending
+def _contraction(S: torch.Tensor, alpha_eff: torch.Tensor, k: int, ev: torch.Tensor | None = None) -> torch.Tensor:
+    """Per prompt max over nonzero eigenvalues s of |1 − α_eff s²|^(2^k) (in log space).
+    ``ev``: S's eigenvalues (B, d) ascending, if the caller has them."""
+    ev = torch.linalg.eigvalsh(S) if ev is None else ev  # (B, d) ascending
     smax = ev[:, -1:].clamp(min=0)
     nz = ev > (S.shape[-1] * EPS64 * 100) * smax  # numerically zero eigenvalues are never reached
     base = (1 - alpha_eff[:, None] * ev * ev).abs()
@@ -579,8 +606,8 @@ def _contraction(S: torch.Tensor, alpha_eff: torch.Tensor, k: int) -> torch.Tens
     return lr.clamp(max=700).exp()
 
 
-def _kappa_nonzero(S: torch.Tensor) -> torch.Tensor:
-    ev = torch.linalg.eigvalsh(S)
+def _kappa_nonzero(S: torch.Tensor, ev: torch.Tensor | None = None) -> torch.Tensor:
+    ev = torch.linalg.eigvalsh(S) if ev is None else ev
     smax = ev[:, -1].clamp(min=0)
     nz = ev > (S.shape[-1] * EPS64 * 100) * smax[:, None]
     smin = torch.where(nz, ev, torch.full_like(ev, math.inf)).min(dim=1).values
@@ -635,11 +662,14 @@ def verify_model(
     # the reference sees exactly the numbers the network sees, in float64, on the CPU
     X64, y64, q64 = (t.detach().to("cpu", F64) for t in (X, y, x_query))
     S = X64.transpose(1, 2) @ X64 + spec.lam * torch.eye(d, dtype=F64)
+    ev = torch.linalg.eigvalsh(S)  # (B, d): one eigvalsh for the α ratio, the contraction and κ
+    lm = ev[:, -1].clamp(min=0.0)
     if spec.adaptive:  # α per prompt, from the independent mirror (raises AlphaRangeError out of range)
         a_ada = model.alpha_of(X64)
-        ratio = a_ada * lambda_max(S) ** 2
+        ratio = a_ada * lm * lm
     else:
-        ratio = alpha_ratio(X64, spec.alpha, spec.lam, N if spec.normalize else 1.0)  # (B,)
+        ratio = (spec.alpha / torch.as_tensor(float(N) if spec.normalize else 1.0, dtype=F64) ** 2) * lm * lm  # = alpha_ratio
+
     n_div = int((ratio >= 2.0 * (1.0 - BOUNDARY_SLACK)).sum())  # same threshold as model.predict
     if n_div and check_alpha == "raise":
         raise AlphaDivergenceError(
@@ -648,12 +678,13 @@ def verify_model(
             "verify. Use smaller-scale data, rebuild with construct.safe_alpha(X), or pass check_alpha='ignore'."
         )
     alpha_eff = a_ada if spec.adaptive else torch.full((B,), spec.alpha / (N ** 2 if spec.normalize else 1.0), dtype=F64)
-    contraction = _contraction(S, alpha_eff, spec.k)
+    contraction = _contraction(S, alpha_eff, spec.k, ev)
 
     with torch.no_grad():
-        streams = model.residual_streams(X, y, x_query).to("cpu", F64)  # (L+1, B, N, D)
-        pred = model.predict(X, y, x_query, check_alpha="ignore").to("cpu", F64)  # (B,)
-    refr = _reference(model, X64, y64, q64, unit)
+        # one network run: the streams and the prediction (its read-out) come from the same pass
+        streams, pred = model.residual_streams(X, y, x_query, return_prediction=True)
+        streams, pred = streams.to("cpu", F64), pred.to("cpu", F64)  # (L+1, B, N, D), (B,)
+    refr = _reference(model, X64, y64, q64, unit, ev)
     if streams.shape[0] != len(refr.streams):
         raise RuntimeError(f"model returned {streams.shape[0]} residual streams, expected {len(refr.streams)}")
     names = ["read-in"] + model.layer_names
@@ -664,12 +695,32 @@ def verify_model(
 
     rows = []
     layout = model.layout
+    # NaN/inf anywhere makes the sum non-finite (so can overflow; then the slots are scanned one
+    # by one, which finds the truth): one cheap pass instead of an isfinite scan per slot
+    finite = math.isfinite(float(streams.sum()))
+    slices = {slot: layout[slot] for slot in layout.names}
+    T_all = streams.shape[2]
     for li, (got, want, bnd, words) in enumerate(zip(streams, refr.streams, refr.bounds, desc)):
-        stream_scale = max(float(w.abs().max()) for w in want.values())
-        for slot in layout.names:
-            w = want[slot]
-            scale = float(w.abs().max()) or stream_scale
-            ma, where = _max_abs(got[..., layout[slot]], w)
+        if finite:  # the whole stream at once: per coordinate, the largest deviation and where
+            W = torch.zeros_like(got)  # (B, T, D): the expected stream
+            for slot, sl in slices.items():
+                W[..., sl] = want[slot]
+            dmax, didx = (got - W).abs().reshape(-1, got.shape[-1]).max(0)  # (D,), flat (b, t) index
+            dmax, didx = dmax.tolist(), didx.tolist()
+            wmax = W.abs().reshape(-1, got.shape[-1]).amax(0).tolist()  # (D,)
+            stream_scale = max(wmax)
+        else:
+            stream_scale = max(float(w.abs().max()) for w in want.values())
+        for slot, sl in slices.items():
+            if finite:
+                scale = max(wmax[sl]) or stream_scale
+                c = max(range(sl.start, sl.stop), key=dmax.__getitem__)
+                ma = dmax[c]
+                where = None if ma == 0 else divmod(didx[c], T_all)
+            else:
+                w = want[slot]
+                scale = float(w.abs().max()) or stream_scale
+                ma, where = _max_abs(got[..., sl], w)
             mr = _rel(ma, scale)
             bound = _rel(float(bnd[slot].max()), scale)
             rows.append(SlotError(li - 1, names[li], slot, words[slot], ma, mr, scale, bound,
@@ -682,11 +733,11 @@ def verify_model(
     nb = _rel(float(refr.pred_bound.max()), nscale)
     newton = PredictionCheck("newton", na, nr, nb, True, bool(nr <= tol(nb)))
 
-    ols_ref = ref.ols_predict(X64, y64, q64, lam=spec.lam)
+    ols_ref = ref.ols_predict(X64, y64, q64, lam=spec.lam, driver="gelsy")  # checked only when κ(S) is small
     oa, _ = _max_abs(pred[:, None, None], ols_ref[:, None, None])
     orr = _rel(oa, float(ols_ref.abs().max()))
     rho = float(contraction.max())
-    kappa = float(_kappa_nonzero(S).max())
+    kappa = float(_kappa_nonzero(S, ev).max())
     if not check_ols:
         checked, note = False, "check_ols=False"
     elif n_div:
