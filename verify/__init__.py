@@ -29,3 +29,9 @@ from .exact import (  # noqa: E402
 )
 
 __all__ += ["exact_check", "symbolic_check", "random_rational_prompt", "ExactResult", "SymbolicResult"]
+
+# the polynomial certificate (verify/certificate.py): the built weights compute the program for
+# every d and n, read off the weights (CLI: python -m verify DIR --certify).
+from .certificate import Certificate, certify  # noqa: E402
+
+__all__ += ["certify", "Certificate"]
