@@ -44,11 +44,10 @@ import torch
 from benchmarks.experiments import load_experiments
 from benchmarks.experiments.common import (FIG_DPI, error_ylim, md_table, plain as _plain, pyplot as _plt,  # noqa: F401
                                            shown as _shown, derive_seed as _seed, fmt as _fmt)
-from benchmarks.experiments.context import (FULL, ILL_KAPPA, QUICK, Context, Sizes, Suite,  # noqa: F401
+from benchmarks.experiments.context import (CHECKPOINT_ROOT, FULL, ILL_KAPPA, QUICK, Context, Sizes, Suite,  # noqa: F401
                                             reference_weights)
 from benchmarks.experiments.registry import EXPERIMENTS, Experiment, experiment  # noqa: F401
 
-CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 EXTRA_EXPERIMENT_MODULES: tuple[str, ...] = ("benchmarks.width", "benchmarks.perf")  # f, g: imported before running
 
 load_experiments()  # a-e register now (the registry's order is the run order)
@@ -204,10 +203,10 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
             timings[e.folder] = time.perf_counter() - t0
     bar.close()
     ctx.current = "run"
-    for kappa, s in ctx._suites.items():
+    for (name, kappa), s in ctx._suites.items():
         # CPU seconds summed over threads bound the wall time on an idle machine and, unlike wall
         # time, do not grow when other jobs share the cores
-        ctx.check(f"probes_all_layers_under_10s_kappa{kappa:g}", s.timings["probe_fit_cpu_s"] < 10.0,
+        ctx.check(f"probes_all_layers_under_10s_{name + '_' if name else ''}kappa{kappa:g}", s.timings["probe_fit_cpu_s"] < 10.0,
                   cpu_seconds=s.timings["probe_fit_cpu_s"], wall_seconds=s.timings["probe_fit_s"],
                   solve_seconds=s.timings["probe_solve_s"], layers=s.n_layers + 1, fit_prompts=sizes.fit_prompts)
     ctx.check("expected_files_exist", all((out / f).exists() for fs in ctx.files.values() for f in fs),
@@ -221,7 +220,7 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
         "conventions": {
             "predictions": "all-prefix: position t predicts y_t from the first t examples",
             "error": "squared error / d, mean over prompts; last = t=n-1, avg = mean over t=d..n-1",
-            "sime": "cosine of residuals over positions t=1..n-1 (paper: 2..n+1), mean over prompts",
+            "sime": "cosine of residuals over positions t=1..n-1 (released code: t=0..n-1; experiment m reports both), mean over prompts",
             "simw": "cosine of least-squares w fitted on T=simw_queries_per_d*d fresh queries after n-1 context examples",
             "newton_alpha": "1/||S S^T||_F per prefix (released code); constructed networks: one fixed safe alpha",
             "gd_lr": "1/lambda_max(S_t) per prefix, no 1/n",

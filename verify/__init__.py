@@ -30,6 +30,14 @@ from .exact import (  # noqa: E402
 
 __all__ += ["exact_check", "symbolic_check", "random_rational_prompt", "ExactResult", "SymbolicResult"]
 
+# look-alike solvers (verify/lookalikes.py): preconditioned CG, Chebyshev, heavy ball, GD++,
+# all prefixes at once, for telling Newton apart from algorithms with similar layer-wise fits.
+from .lookalikes import (  # noqa: E402
+    LOOKALIKES, chebyshev_predictions, gdpp_predictions, heavy_ball_predictions, pcg_predictions,
+)
+
+__all__ += ["pcg_predictions", "chebyshev_predictions", "heavy_ball_predictions", "gdpp_predictions", "LOOKALIKES"]
+
 # the polynomial certificate (verify/certificate.py): the built weights compute the program for
 # every d and n, read off the weights (CLI: python -m verify DIR --certify).
 from .certificate import Certificate, certify  # noqa: E402

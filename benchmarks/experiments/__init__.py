@@ -32,7 +32,8 @@ Conventions (stated once here, repeated in the JSON outputs):
 * all-prefix predictions: position t predicts y_t from the first t examples (t = 0 gives 0);
 * error = squared error / d, averaged over prompts ("nmse"); "last" is position t = n − 1,
   "avg" the mean over t = d … n − 1 (at least d examples, as in benchmarks.train's eval_nmse_avg);
-* SimE over positions t = 1 … n − 1 (the paper's 2 … n + 1), averaged over prompts;
+* SimE over positions t = 1 … n − 1, averaged over prompts (the released code starts at t = 0, the
+  no-context position; experiment m reports both);
 * SimW with a context of ``simw_context`` examples (default n − 1) and T = ``simw_queries_per_d``·d
   fresh queries per prompt from the prompt's own distribution;
 * Newton uses the released code's α = 1/‖SSᵀ‖_F per prefix, GD η = 1/λ_max(S_t) per prefix

@@ -20,10 +20,11 @@ import torch
 
 from benchmarks import metrics as M
 from benchmarks.data import sample_prompts
-from benchmarks.experiments.common import FIG_DPI, derive_seed, plain, pyplot
+from benchmarks.experiments.common import FIG_DPI, derive_seed, plain, pyplot, shown
 from benchmarks.probes import LayerProbes, fit_probes, residual_streams
 
 ILL_KAPPA = 100.0  # the ill-conditioned distribution of experiment d
+CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"  # the shipped checkpoints
 
 
 # ====================================================================== sizes
@@ -134,7 +135,8 @@ class Context:
         self.checks: dict[str, dict] = {}
         self.files: dict[str, list[str]] = {}
         self.nonfinite: list[str] = []
-        self._suites: dict[float, Suite] = {}
+        self._suites: dict[tuple[str, float], Suite] = {}  # (model name, "" = main; kappa)
+        self._shared: dict[str, Any] = {}
         self.models_by_kappa: dict[float, Any] = {}   # optional per-distribution transformers
         self.model_sources: dict[float, str] = {}
         self._progress = progress
@@ -194,12 +196,33 @@ class Context:
         return path
 
     def save_fig(self, fig, path: Path) -> Path:
-        buf = io.BytesIO()
-        fig.savefig(buf, dpi=FIG_DPI, format="png")  # constrained layout: one draw, no tight-bbox pass
-        pyplot().close(fig)
+        """Write ``fig`` as a 256-colour palette PNG at :data:`FIG_DPI` and record it.
+
+        One layout pass and one draw straight into the Agg buffer: ``fig.savefig`` would run the
+        constrained layout twice (a layout-only draw, then the real draw) and encode an RGBA PNG
+        that is decoded again for the palette.  The pixels are the same (the layout is
+        deterministic), so the files are byte-identical to the savefig path, at about half the
+        drawing cost (issue 13: measured with ``--quick``; test_benchmarks checks the bytes).
+        """
         from PIL import Image  # a matplotlib dependency
 
+        fig.set_dpi(FIG_DPI)
+        fig.canvas.draw()  # layout + render at FIG_DPI
+        rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
+        pyplot().close(fig)
         # 256-colour palette PNG: a third of the size of RGBA for these line plots and heatmaps
+        Image.fromarray(rgb).quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, format="PNG", optimize=True)
+        self._record(path)
+        return path
+
+    def save_fig_reference(self, fig, path: Path) -> Path:
+        """The former ``save_fig`` (``fig.savefig`` to an RGBA PNG, then the palette): kept to check
+        that :meth:`save_fig` writes the same bytes."""
+        from PIL import Image
+
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=FIG_DPI, format="png")
+        pyplot().close(fig)
         img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
         img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, format="PNG", optimize=True)
         self._record(path)
@@ -218,29 +241,72 @@ class Context:
             self._progress.set_postfix_str(f"{self.current}: {msg}", refresh=True)
 
     # ---------------------------------------------------------------- data
-    def prompts(self, tag: str, B: int, n: int | None = None, kappa: float = 1.0):
-        """Seeded float64 prompts (X (B, n, d), y (B, n)); the same tag always gives the same data."""
-        X, y, _ = sample_prompts(B, self.n if n is None else n, self.d, kappa=kappa,
+    def prompts(self, tag: str, B: int, n: int | None = None, kappa: float = 1.0, d: int | None = None):
+        """Seeded float64 prompts (X (B, n, d), y (B, n)); the same tag always gives the same data.
+
+        ``n`` and ``d`` default to the main model's; pass them for other models (and put the model's
+        name in the tag, so that different models get independent draws).
+        """
+        X, y, _ = sample_prompts(B, self.n if n is None else n, self.d if d is None else d, kappa=kappa,
                                  seed=derive_seed(self.seed, f"{tag}/k{kappa:g}"), dtype=torch.float64)
         return X, y
 
-    # ---------------------------------------------------------------- the shared suite
-    def suite(self, kappa: float = 1.0) -> Suite:
-        if kappa not in self._suites:
-            self._suites[kappa] = self._make_suite(kappa)
-        return self._suites[kappa]
+    # ---------------------------------------------------------------- shared data
+    def shared(self, key: str, factory: Callable[[], Any]) -> Any:
+        """``factory()`` computed once per run and shared by every experiment that asks for ``key``."""
+        if key not in self._shared:
+            self._shared[key] = factory()
+        return self._shared[key]
 
-    def _make_suite(self, kappa: float) -> Suite:
+    def shipped(self, name: str):
+        """A shipped checkpoint ``benchmarks/checkpoints/NAME``: (model, source), or (None, why not)."""
+        def load():
+            from construct import load_model
+
+            p = CHECKPOINT_ROOT / name
+            if not (p / "config.json").exists():
+                return None, f"no checkpoint at {shown(p)}"
+            return load_model(p).eval(), shown(p)
+        return self.shared(f"checkpoint/{name}", load)
+
+    # ---------------------------------------------------------------- the shared suite
+    def suite(self, kappa: float = 1.0, model_name: str | None = None) -> Suite:
+        """Probes, references and SimW data for one model on one distribution, computed once.
+
+        ``model_name=None``: the main transformer (``model_for(kappa)``); otherwise the shipped
+        checkpoint of that name (its own d and n).  A name that resolves to the main model for this
+        κ shares the main suite.
+        """
+        key: tuple[str, float] = ("", kappa)
+        model = source = None
+        if model_name is not None:
+            model, source = self.shipped(model_name)
+            if model is None:
+                raise FileNotFoundError(f"suite for {model_name!r}: {source}")
+            if source != self.model_sources.get(kappa, self.model_source):
+                key = (model_name, kappa)
+        if key not in self._suites:
+            self._suites[key] = self._make_suite(kappa, None if key[0] == "" else model, key[0], source)
+        return self._suites[key]
+
+    def _make_suite(self, kappa: float, model=None, name: str = "", source: str | None = None) -> Suite:
         from verify import gd_predictions, newton_predictions, online_gd_predictions, ols_predictions, prefix_spectrum
 
-        sz, d, n = self.sizes, self.d, self.n
+        sz = self.sizes
         ill = kappa != 1.0
-        model = self.model_for(kappa)
+        if model is None:
+            model, d, n, pre = self.model_for(kappa), self.d, self.n, ""
+            source = self.model_sources.get(kappa, self.model_source)
+        else:
+            d, n, pre = model.d, model.n_points, f"{name}/"
+
+        def prompts(tag: str, B: int, n_: int | None = None):
+            return self.prompts(pre + tag, B, n=n if n_ is None else n_, kappa=kappa, d=d)
         tm: dict[str, float] = {}
         self.step(f"probes (kappa={kappa:g})")
         t0, c0 = time.perf_counter(), time.process_time()
-        fit = self.prompts("probe-fit", sz.fit_prompts, kappa=kappa)
-        X, y = self.prompts("test", sz.test_prompts, kappa=kappa)
+        fit = prompts("probe-fit", sz.fit_prompts)
+        X, y = prompts("test", sz.test_prompts)
         H_fit = residual_streams(model, *fit)  # (L+1, B_fit, n, D)
         tm["probe_streams_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -270,7 +336,7 @@ class Context:
         t0 = time.perf_counter()
         tw = n - 1
         T = sz.simw_queries_per_d * d
-        Xw, yw = self.prompts("simw", sz.simw_prompts, n=tw + T, kappa=kappa)  # same Sigma for context and queries
+        Xw, yw = prompts("simw", sz.simw_prompts, tw + T)  # same Sigma for context and queries
         Xc, yc, Xq = Xw[:, :tw], yw[:, :tw], Xw[:, tw:]
         Xa, ya = M.augment_queries(Xc, yc, Xq)  # (Bw·T, tw+1, d)
         Hq = residual_streams(model, Xa, ya, positions=slice(-1, None))[:, :, 0]  # (L+1, Bw·T, D)
@@ -291,7 +357,7 @@ class Context:
         W_gd = via_queries(reference_weights(lambda A, b: gd_predictions(A, b, gd_steps, lr="auto", method="spectral"), Xc, yc))
         W_ols = via_queries(reference_weights(lambda A, b: ols_predictions(A, b)[None], Xc, yc))
         tm["simw_s"] = time.perf_counter() - t0
-        return Suite(kappa=kappa, model_source=self.model_sources.get(kappa, self.model_source), d=d, n=n, X=X, y=y, tf_layers=tf_layers, tf_out=tf_out, probes=probes,
+        return Suite(kappa=kappa, model_source=source, d=d, n=n, X=X, y=y, tf_layers=tf_layers, tf_out=tf_out, probes=probes,
                      newton_steps=newton_steps, newton=newton, gd_steps=gd_steps, gd=gd, ogd=ogd, ols=ols,
                      simw_context=tw, Xq=Xq, W_tf=W_tf, W_tf_out=W_tf_out, W_newton=W_newton, W_gd=W_gd,
                      W_ols=W_ols, timings=tm)
