@@ -201,13 +201,14 @@ class NewtonTransformer(HookedMixin, SavableModel):
         X, y, x_query = self._check(X, y, x_query)
         return self.transformer(self.encode(X, y, x_query))[:, -1, 0]
 
-    def residual_streams(self, X, y, x_query, return_prediction: bool = False):
+    def residual_streams(self, X, y, x_query, return_prediction: bool = False, stack: bool = True):
         """Residual stream after the read-in and after each layer: (L + 1, B, P + n + 1, D).
 
-        ``return_prediction=True`` gives ``(streams, prediction (B,))`` from the same single run.
+        ``return_prediction=True`` gives ``(streams, prediction (B,))`` from the same single run;
+        ``stack=False`` gives the streams as a list of L + 1 tensors (B, P + n + 1, D).
         """
         X, y, x_query = self._check(X, y, x_query)
-        res = self.transformer.residual_streams(self.encode(X, y, x_query), return_output=return_prediction)
+        res = self.transformer.residual_streams(self.encode(X, y, x_query), return_output=return_prediction, stack=stack)
         return (res[0], res[1][:, -1, 0]) if return_prediction else res
 
     # ------------------------------------------------------------------ description

@@ -682,11 +682,11 @@ def verify_model(
 
     with torch.no_grad():
         # one network run: the streams and the prediction (its read-out) come from the same pass
-        streams, pred = model.residual_streams(X, y, x_query, return_prediction=True)
-        streams, pred = streams.to("cpu", F64), pred.to("cpu", F64)  # (L+1, B, N, D), (B,)
+        streams, pred = model.residual_streams(X, y, x_query, return_prediction=True, stack=False)
+        streams, pred = [h.to("cpu", F64) for h in streams], pred.to("cpu", F64)  # L+1 × (B, N, D), (B,)
     refr = _reference(model, X64, y64, q64, unit, ev)
-    if streams.shape[0] != len(refr.streams):
-        raise RuntimeError(f"model returned {streams.shape[0]} residual streams, expected {len(refr.streams)}")
+    if len(streams) != len(refr.streams):
+        raise RuntimeError(f"model returned {len(streams)} residual streams, expected {len(refr.streams)}")
     names = ["read-in"] + model.layer_names
     desc = _describe(spec, model.layer_names, model.newton_step_after_layer)
 
@@ -697,17 +697,22 @@ def verify_model(
     layout = model.layout
     # NaN/inf anywhere makes the sum non-finite (so can overflow; then the slots are scanned one
     # by one, which finds the truth): one cheap pass instead of an isfinite scan per slot
-    finite = math.isfinite(float(streams.sum()))
+    finite = math.isfinite(sum(float(h.sum()) for h in streams))
     slices = {slot: layout[slot] for slot in layout.names}
-    T_all = streams.shape[2]
+    T_all = streams[0].shape[1]
+    wmax_of: dict[int, tuple[torch.Tensor, list[float]]] = {}  # id -> (tensor kept alive, per-coordinate max)
     for li, (got, want, bnd, words) in enumerate(zip(streams, refr.streams, refr.bounds, desc)):
         if finite:  # the whole stream at once: per coordinate, the largest deviation and where
-            W = torch.zeros_like(got)  # (B, T, D): the expected stream
+            diff = got.clone()  # (B, T, D), becomes |network − expected|
+            wmax = [0.0] * got.shape[-1]  # per coordinate max |expected|
             for slot, sl in slices.items():
-                W[..., sl] = want[slot]
-            dmax, didx = (got - W).abs().reshape(-1, got.shape[-1]).max(0)  # (D,), flat (b, t) index
+                w = want[slot]
+                diff[..., sl] -= w
+                if id(w) not in wmax_of:  # unchanged slots share one tensor across layers
+                    wmax_of[id(w)] = (w, w.abs().reshape(-1, sl.stop - sl.start).amax(0).tolist())
+                wmax[sl] = wmax_of[id(w)][1]
+            dmax, didx = diff.abs_().reshape(-1, got.shape[-1]).max(0)  # (D,), flat (b, t) index
             dmax, didx = dmax.tolist(), didx.tolist()
-            wmax = W.abs().reshape(-1, got.shape[-1]).amax(0).tolist()  # (D,)
             stream_scale = max(wmax)
         else:
             stream_scale = max(float(w.abs().max()) for w in want.values())
