@@ -15,10 +15,15 @@ from .alpha import (
     AlphaDivergenceError, AlphaDivergenceWarning, alpha_from_rule, check_alpha, check_lr,
     fixed_alpha_for_distribution, safe_alpha,
 )
+<<<<<<< HEAD
 from .builder import (
     GDSpec, NewtonSpec, build_gd_transformer, build_newton_transformer, layers_table, layers_table_markdown,
     min_layers,
 )
+=======
+from .adaptive import AlphaRangeError
+from .builder import NewtonSpec, build_newton_transformer, min_layers
+>>>>>>> main
 from .checkpoint import CheckpointError, load_model
 from .gpt2 import GPT2Transformer, Gpt2ToleranceError, NotCompilableError, ScaleError, error_bound, gpt2_scale, to_gpt2
 from .layout import ResidualLayout, Slot
@@ -30,7 +35,7 @@ __all__ = [
     "build_gd_transformer", "GDTransformer", "GDSpec", "HandBuiltModel", "check_lr",
     "layers_table", "layers_table_markdown",
     "safe_alpha", "fixed_alpha_for_distribution", "check_alpha", "alpha_from_rule",
-    "AlphaDivergenceError", "AlphaDivergenceWarning", "CheckpointError",
+    "AlphaDivergenceError", "AlphaDivergenceWarning", "AlphaRangeError", "CheckpointError",
     "ResidualLayout", "Slot", "Transformer", "TransformerConfig",
     "to_gpt2", "gpt2_scale", "error_bound", "GPT2Transformer", "ScaleError", "NotCompilableError", "Gpt2ToleranceError",
 ]

@@ -89,6 +89,7 @@ from typing import Any
 
 import torch
 
+from construct.adaptive import trace_power
 from construct.alpha import BOUNDARY_SLACK, AlphaDivergenceError
 from construct.blocks.base import c_scale
 from construct.model import NewtonTransformer
@@ -147,6 +148,7 @@ class AlphaCheck:
     n_diverging: int              # prompts with ratio ≥ 2
     mode: str                     # "fail" | "raise" | "ignore"
     contraction: float            # max over prompts of max_{s>0} |1 − α_eff s²|^(2^k): Newton→OLS gap factor
+    adaptive: bool = False        # α computed in the network (alpha = nan; alpha_eff = model.alpha_of(X))
 
     @property
     def diverges(self) -> bool:
@@ -326,7 +328,8 @@ class Report:
             f"prediction vs {'ridge' if c.get('lam') else 'OLS'}: max_abs {_fmt(ol.max_abs)}  max_rel "
             f"{_fmt(ol.max_rel)}  " + (("ok" if ol.passed else "FAIL") if ol.checked else "(informational)")
             + (f"  [{ol.note}]" if ol.note else ""),
-            f"alpha = {a.alpha:.6g}: max alpha_eff*lambda_max(S)^2 = {a.max_ratio:.4g} "
+            (f"alpha = adaptive (in-network, {min(a.alpha_eff):.4g} .. {max(a.alpha_eff):.4g})" if a.adaptive
+             else f"alpha = {a.alpha:.6g}") + f": max alpha_eff*lambda_max(S)^2 = {a.max_ratio:.4g} "
             + ("(< 2: converges)" if not a.diverges else f"(>= 2 on {a.n_diverging} prompt(s): DIVERGES)")
             + f"; Newton->OLS contraction max|1 - alpha_eff s^2|^(2^k) = {_fmt(a.contraction)}",
         ]
@@ -374,11 +377,27 @@ def _describe(spec, layer_names: list[str], steps: list[int]) -> list[dict[str, 
     Sx = "S/N" if spec.normalize else "S"
     pre = ", √λe_m (prefix)" if spec.lam > 0 else ""
     base = {"x": f"x_i{pre}, 0 (query)", "xq": "x_q (query), 0 elsewhere", "y": "y_i, 0 elsewhere"}
-    out = [dict(base, u="0", c="0", out="0")]
+    ada = spec.adaptive
+    if ada:
+        base["one"] = "1 (register), 0 elsewhere"
+    out = [dict(base, u="0", c="0", out="0", v="0", tau="0", alpha="0")]
     L = len(layer_names)
+    scale = spec.alpha_layers  # adaptive: index of the α-scale layer
+    p = spec.alpha_trace
+    uq = " (0 on the query)" if ada and spec.form == "default" else ""
     for i, j in enumerate(steps):
-        m = dict(base, u=f"M_{j} z" + (f" ({Sx})" if spec.normalize else ""))
+        m = dict(base, u=f"M_{j} z" + (f" ({Sx})" if spec.normalize else "") + uq)
         m["c"] = f"σ {Sx} z (train/prefix), 0 (query)" if i == 0 else f"{Sx} M_{j} z"
+        if ada:
+            m["v"] = "S x (example tokens), 0 elsewhere"
+            has = i >= scale - 1
+            m["tau"] = f"tr(S^{p}) (register)" if has else "0"
+            m["alpha"] = "α = f(tau) (register; = model.alpha_of)" if has else "0"
+            if i < scale:
+                m["u"] = "0"
+                m["c"] = "S x_q (query), 0 elsewhere"
+            elif i == scale:
+                m["c"] = "0"
         if i < L - 1:
             m["out"] = "0"
         elif spec.form == "merged":
@@ -420,9 +439,13 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     X, y, x_query = (t.to(F64) for t in (X, y, x_query))
     B, n, d = X.shape
     P = spec.n_prefix
+    R = spec.n_ridge  # ridge prefix tokens; an adaptive model's register token follows them
     T = N = P + n + 1
     lam = spec.lam
-    prefix = math.sqrt(lam) * torch.eye(d, dtype=F64).expand(B, P, d) if P else X.new_zeros(B, 0, d)
+    ada = spec.adaptive
+    prefix = math.sqrt(lam) * torch.eye(d, dtype=F64).expand(B, R, d) if R else X.new_zeros(B, 0, d)
+    if ada:
+        prefix = torch.cat([prefix, X.new_zeros(B, 1, d)], 1)  # the register: z = 0
     Z = torch.cat([prefix, X, x_query[:, None]], 1)  # (B, T, d): each token's own vector z
     xs = torch.cat([prefix, X, X.new_zeros(B, 1, d)], 1)  # (B, T, d): slot x
     xq = torch.zeros(B, T, d, dtype=F64)
@@ -432,9 +455,11 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)  # (B, d, d)
     Sn = S / N if spec.normalize else S  # what the network's sums compute
     steps = model.newton_step_after_layer
+    # α: the fixed weight, or (adaptive) the independent float64 mirror of the in-network α
+    a = model.alpha_of(X) if ada else spec.alpha
     # every iterate M_0..M_k in k matrix steps (one recurrence, not k + 1 separate ones)
-    Ms = ref.newton_matrices(Sn, spec.k, spec.alpha)  # (k+1, B, d, d): M_j on Sn
-    alpha_eff = spec.alpha / N ** 2 if spec.normalize else spec.alpha
+    Ms = ref.newton_matrices(Sn, spec.k, a)  # (k+1, B, d, d): M_j on Sn
+    alpha_eff = a if ada else (spec.alpha / N ** 2 if spec.normalize else spec.alpha)
     b = (X.transpose(1, 2) @ y[..., None])[..., 0]  # Xᵀy (B, d)
     # plain Newton on S with α_eff (what newton_predict computes); without normalize that is M_k
     M_eff = ref.newton_matrix(S, spec.k, alpha_eff) if spec.normalize else Ms[spec.k]  # (B, d, d)
@@ -445,7 +470,7 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     # e_{j+1} = e_j(2 − e_j) (= 1 − (1 − αλ²)^(2^j)); one eigvalsh instead of k + 2 SVDs.
     ev = torch.linalg.eigvalsh(Sn) if ev_S is None or spec.normalize else ev_S  # (B, d)
     norm_S = ev.abs().amax(-1)  # (B,)
-    norm_M = _newton_norms(ev, spec.alpha, spec.k)  # (k+1, B)
+    norm_M = _newton_norms(ev, a[:, None] if ada else spec.alpha, spec.k)  # (k+1, B)
     G = (norm_M * (2 + norm_M * norm_S)).cummax(0).values  # (k+1, B)
     zmax = Z.norm(dim=-1).max(dim=1).values  # (B,)
     xy = (X.norm(dim=-1) * y.abs()).sum(1)  # Σ_l |x_l||y_l|  (B,)
@@ -458,9 +483,29 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     has_c = "c" in layout
     streams, bounds = [], []
     base_slots = {"x": xs, "xq": xq, "y": ys}
-    streams.append(dict(base_slots, u=torch.zeros(B, T, d, dtype=F64), out=torch.zeros(B, T, 1, dtype=F64),
-                        **({"c": torch.zeros(B, T, d, dtype=F64)} if has_c else {})))
-    bounds.append(dict(x=zero, xq=zero, y=zero, u=zero, out=zero, **({"c": zero} if has_c else {})))
+    zd, z1 = torch.zeros(B, T, d, dtype=F64), torch.zeros(B, T, 1, dtype=F64)
+    first = dict(base_slots, u=zd, out=z1, **({"c": zd} if has_c else {}))
+    first_bd = dict(x=zero, xq=zero, y=zero, u=zero, out=zero, **({"c": zero} if has_c else {}))
+    if ada:
+        # adaptive slots (construct.blocks.gram / trace_alpha / scale): v = S x on example tokens,
+        # the register holds one = 1, tau = tr(S^p) and α; the merged form parks S x_q in c
+        one = z1.clone()
+        one[:, R, 0] = 1.0
+        base_slots["one"] = one
+        v = xs @ S.transpose(1, 2)  # S x on ridge/train tokens; 0 on the register and the query
+        parked = zd.clone()
+        parked[:, -1] = (S @ x_query[..., None])[..., 0]
+        tau_s, alpha_s = z1.clone(), z1.clone()
+        tau_s[:, R, 0] = trace_power(X, spec.alpha_trace, lam)
+        alpha_s[:, R, 0] = a
+        first.update(one=one, v=zd, tau=z1, alpha=z1)
+        first_bd.update(one=zero, v=zero, tau=zero, alpha=zero)
+        scale_layer = spec.alpha_layers
+        v_bd = base * norm_S * zmax
+        tau_bd = base * spec.alpha_trace * tau_s[:, R, 0]
+        alpha_bd = base * (2 + spec.alpha_trace) * a
+    streams.append(first)
+    bounds.append(first_bd)
     L = len(steps)
     U = Z @ Ms.transpose(-1, -2)  # (k+1, B, T, d): M_j z for every j in one batched product
     SMZ = Z @ (Sn @ Ms).transpose(-1, -2) if has_c else None  # (k+1, B, T, d): S M_j z
@@ -469,8 +514,20 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
         bd = dict(x=zero, xq=zero, y=zero)
         s["u"] = U[j]  # M_j z
         bd["u"] = u_bound[j]
+        if ada:
+            s["v"], bd["v"], bd["one"] = v, v_bd, zero
+            has = i >= scale_layer - 1  # the trace+alpha layer (gram+alpha when p = 1) writes τ and α
+            s["tau"], s["alpha"] = (tau_s, alpha_s) if has else (z1, z1)
+            bd["tau"], bd["alpha"] = (tau_bd, alpha_bd) if has else (zero, zero)
+            if i < scale_layer:
+                s["u"], bd["u"] = zd, zero
+            elif spec.form == "default":
+                s["u"] = s["u"].clone()
+                s["u"][:, -1] = 0.0  # the default form never computes the query's u
         if has_c:
-            if i == 0:
+            if ada and i <= scale_layer:
+                c, bd["c"] = (parked, v_bd) if i < scale_layer else (zd, zero)
+            elif i == 0:
                 sigma = c_scale(spec.alpha)
                 c = sigma * (Z @ Sn.transpose(1, 2))  # σ S z on train/prefix tokens, 0 on the query
                 c[:, -1] = 0.0
@@ -699,7 +756,11 @@ def verify_model(
     S = X64.transpose(1, 2) @ X64 + spec.lam * torch.eye(d, dtype=F64)
     ev = torch.linalg.eigvalsh(S)  # (B, d): one eigvalsh for the α ratio, the contraction and κ
     lm = ev[:, -1].clamp(min=0.0)
-    ratio = (spec.alpha / torch.as_tensor(float(N) if spec.normalize else 1.0, dtype=F64) ** 2) * lm * lm  # = alpha_ratio
+    if spec.adaptive:  # α per prompt, from the independent mirror (raises AlphaRangeError out of range)
+        a_ada = model.alpha_of(X64)
+        ratio = a_ada * lm * lm
+    else:
+        ratio = (spec.alpha / torch.as_tensor(float(N) if spec.normalize else 1.0, dtype=F64) ** 2) * lm * lm  # = alpha_ratio
 
     n_div = int((ratio >= 2.0 * (1.0 - BOUNDARY_SLACK)).sum())  # same threshold as model.predict
     if n_div and check_alpha == "raise":
@@ -708,7 +769,7 @@ def verify_model(
             f"{float(ratio.max()):.4g} >= 2, so Newton itself diverges and there is nothing meaningful to "
             "verify. Use smaller-scale data, rebuild with construct.safe_alpha(X), or pass check_alpha='ignore'."
         )
-    alpha_eff = torch.full((B,), spec.alpha / (N ** 2 if spec.normalize else 1.0), dtype=F64)
+    alpha_eff = a_ada if spec.adaptive else torch.full((B,), spec.alpha / (N ** 2 if spec.normalize else 1.0), dtype=F64)
     contraction = _contraction(S, alpha_eff, math.log2(model.residual_power), ev)  # |1 − α_eff s²|^P
 
     with torch.no_grad():
@@ -791,10 +852,12 @@ def verify_model(
         checked, note = True, ""
     ols = PredictionCheck("ols", oa, orr, math.nan, checked, (not checked) or bool(orr <= rtol), note)
 
-    alpha = AlphaCheck(spec.alpha, tuple(float(a) for a in alpha_eff), float(ratio.max()), n_div, check_alpha, rho)
+    alpha = AlphaCheck(math.nan if spec.adaptive else spec.alpha, tuple(float(a) for a in alpha_eff),
+                       float(ratio.max()), n_div, check_alpha, rho, spec.adaptive)
     s = spec
+    a_desc = f"adaptive(tr S^{s.alpha_trace})" if s.adaptive else f"{s.alpha:g}"
     model_desc = (
-        f"NewtonTransformer d={s.d} k={s.k} alpha={s.alpha:g} attn={s.attn} normalize={s.normalize} "
+        f"NewtonTransformer d={s.d} k={s.k} alpha={a_desc} attn={s.attn} normalize={s.normalize} "
         f"lam={s.lam:g} form={s.form} looped={s.looped}" + (" PRINTED-PAPER" if s.printed_paper else "")
         + f"; {model.n_layers} layers, width D={layout.width}, residual power P={model.residual_power}"
     )
