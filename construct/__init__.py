@@ -15,15 +15,11 @@ from .alpha import (
     AlphaDivergenceError, AlphaDivergenceWarning, alpha_from_rule, check_alpha, check_lr,
     fixed_alpha_for_distribution, safe_alpha,
 )
-<<<<<<< HEAD
+from .adaptive import AlphaRangeError
 from .builder import (
     GDSpec, NewtonSpec, build_gd_transformer, build_newton_transformer, layers_table, layers_table_markdown,
     min_layers,
 )
-=======
-from .adaptive import AlphaRangeError
-from .builder import NewtonSpec, build_newton_transformer, min_layers
->>>>>>> main
 from .checkpoint import CheckpointError, load_model
 from .gpt2 import GPT2Transformer, Gpt2ToleranceError, NotCompilableError, ScaleError, error_bound, gpt2_scale, to_gpt2
 from .layout import ResidualLayout, Slot

@@ -6,15 +6,9 @@ import dataclasses
 
 import torch
 
-<<<<<<< HEAD
-from .adaptive import default_range, pl_alpha, trace_power
+from .adaptive import AlphaRangeError, default_range, pl_alpha, trace_power
 from .alpha import check_alpha, check_lr
 from .builder import GDSpec, NewtonSpec, assemble, make_blocks, make_gd_blocks, make_gd_layout, make_layout
-=======
-from .adaptive import AlphaRangeError, default_range, pl_alpha, trace_power
-from .alpha import check_alpha
-from .builder import NewtonSpec, assemble, make_blocks, make_layout
->>>>>>> main
 from .checkpoint import SavableModel, register_kind
 from .layout import ResidualLayout
 from .hooks import HookedMixin
@@ -68,42 +62,6 @@ class HandBuiltModel(HookedMixin, SavableModel):
     def _check(self, X, y, x_query=None, min_n=1):
         return check_prompts(X, y, x_query, d=self.d, dtype=self.dtype, device=self.device, min_n=min_n)
 
-<<<<<<< HEAD
-=======
-    def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
-        if self.spec.adaptive:
-            self._alpha_of(X)  # never diverges; raises AlphaRangeError outside the valid range
-            return
-        check_alpha(X, self.spec.alpha, self.spec.lam, norm if self.spec.normalize else 1.0, on_diverge)
-
-    def _alpha_of(self, X: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.spec.alpha_range
-        dlo, dhi = default_range(self.dtype)
-        if lo < dlo or hi > dhi:
-            raise AlphaRangeError(
-                f"this adaptive model was built for alpha_range=({lo}, {hi}) but is now {self.dtype}, which holds "
-                f"only ({dlo}, {dhi}) (its PL weights would overflow); rebuild with dtype={self.dtype}"
-            )
-        return pl_alpha(self.spec.pl, trace_power(X, self.spec.alpha_trace, self.spec.lam))
-
-    def alpha_of(self, X) -> torch.Tensor:
-        """The α the network uses on each prompt: (B,) float64.
-
-        Adaptive models: α = f(tr((XᵀX + λI)^p)), computed here in float64 from X by the PL
-        formula (:mod:`construct.adaptive`), independently of the network's own α slot; raises
-        :class:`~construct.adaptive.AlphaRangeError` when tr(S^p) is outside the valid range.
-        Fixed-α models: their α (α/N² under normalize, N = P + n + 1 tokens), per prompt.
-        """
-        X = as_tensor("X", X, torch.float64, "cpu")
-        if X.dim() != 3 or X.shape[-1] != self.d or X.shape[0] == 0:
-            raise ValueError(f"X must have shape (B, n, {self.d}) with B >= 1, got {tuple(X.shape)}")
-        if self.spec.adaptive:
-            return self._alpha_of(X)
-        N = X.shape[1] + 1 + self.spec.n_prefix
-        a = self.spec.alpha / (N * N if self.spec.normalize else 1.0)
-        return torch.full((X.shape[0],), a, dtype=torch.float64)
-
->>>>>>> main
     def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.transformer(tokens, key_mask)
 
@@ -267,7 +225,7 @@ class NewtonTransformer(HandBuiltModel):
         lo, hi = self.spec.alpha_range
         dlo, dhi = default_range(self.dtype)
         if lo < dlo or hi > dhi:
-            raise ValueError(
+            raise AlphaRangeError(
                 f"this adaptive model was built for alpha_range=({lo}, {hi}) but is now {self.dtype}, which holds "
                 f"only ({dlo}, {dhi}) (its PL weights would overflow); rebuild with dtype={self.dtype}"
             )
