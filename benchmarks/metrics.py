@@ -22,9 +22,11 @@ Definitions used here (and stated in every output that uses them):
   (= 1 for Σ = I, noiseless).
 * **SimE** (similarity of errors): for one prompt, the cosine between the residual vectors
   r_A = (ŷ^A_t − y_t)_t and r_B over positions t = ``start`` … n − 1; then the mean over
-  prompts.  We use ``start = 1`` by default: the paper's positions 2 … n + 1 in its 1-indexed
-  prompt of n + 1 points are our t = 1 … n − 1 here; t = 0 (no context) is skipped because every
-  method predicts 0 there, so its residual −y_0 is trivially identical.
+  prompts.  ``start = 1`` is our default: it skips t = 0 (no context), where every method
+  started at w = 0 predicts 0, so its residual −y_0 is trivially identical and only inflates the
+  cosine.  The paper's released code includes that position (``start = 0``); this moves every
+  SimE value by about 0.01–0.1 but, in our runs, not the best-matching step.  Experiment m
+  (:mod:`benchmarks.experiments.m_models`) reports both conventions side by side.
 * **SimW** (similarity of induced weights): give each prompt a fixed context of ``t`` examples and
   T ≫ d fresh queries from the prompt's own distribution; fit w̃ = argmin_w Σ_q (w·x_q − ŷ(x_q))²
   (least squares, no intercept) to the method's predictions; SimW is the cosine of the two w̃,
@@ -250,3 +252,91 @@ def log_step_grid(max_step: int, points: int, start: int = 1) -> list[int]:
         raise ValueError(f"need 1 <= start <= max_step and points >= 1, got {start}, {max_step}, {points}")
     g = np.unique(np.round(np.logspace(math.log10(start), math.log10(max_step), points)).astype(np.int64))
     return [int(v) for v in g]
+
+
+# ------------------------------------------------------------------------------ bootstrap
+def bootstrap_weights(B: int, n_boot: int, seed: int = 0) -> torch.Tensor:
+    """Resampling weights over prompts for a percentile bootstrap: (n_boot, B), rows sum to 1.
+
+    Row r holds count_r(b)/B, where count_r is how often prompt b was drawn in B draws with
+    replacement; so ``W @ per_prompt`` is every replicate's mean at once (per_prompt (B, ...)).
+    Seeded (numpy PCG64), so the intervals are reproducible.
+    """
+    if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 1:
+        raise ValueError(f"B (prompts) must be an int >= 1, got {B!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be an int >= 1, got {n_boot!r}")
+    idx = np.random.default_rng(seed).integers(0, B, size=(n_boot, B))
+    counts = np.zeros((n_boot, B))
+    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+    return torch.from_numpy(counts / B)
+
+
+def replicate_means(per_prompt, W: torch.Tensor) -> torch.Tensor:
+    """Bootstrap replicates of a mean over prompts: per_prompt (..., B) -> (n_boot, ...)."""
+    P = _t(per_prompt, "per_prompt")
+    if P.shape[-1] != W.shape[1]:
+        raise ValueError(f"per_prompt's last axis ({P.shape[-1]}) must be the prompts of W ({W.shape[1]})")
+    return torch.einsum("...b,rb->r...", P, W)
+
+
+def interval(samples, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval along axis 0 of bootstrap replicates: (lo, hi), each samples.shape[1:]."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    a = np.asarray(samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else samples, dtype=np.float64)
+    if a.ndim == 0 or a.shape[0] < 2:
+        raise ValueError("need at least 2 bootstrap replicates along axis 0")
+    q = (1 - level) / 2
+    return np.quantile(a, q, axis=0), np.quantile(a, 1 - q, axis=0)
+
+
+def linear_fits(x, S) -> dict[str, np.ndarray]:
+    """Least-squares lines s = slope·x + intercept for many replicates at once.
+
+    ``x`` (m,) shared abscissae, ``S`` (r, m) one row per replicate -> slope, intercept, r2 (r,)
+    (r2 NaN where a row has no variance).  Same numbers as :func:`fit_trend` per row.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    S = np.atleast_2d(np.asarray(S, dtype=np.float64))
+    if x.ndim != 1 or S.shape[1] != x.size or x.size < 2 or np.ptp(x) == 0:
+        raise ValueError(f"need x (m,) with m >= 2 distinct values and S (r, m); got {x.shape} and {S.shape}")
+    xc = x - x.mean()
+    Sc = S - S.mean(1, keepdims=True)
+    slope = (Sc @ xc) / (xc @ xc)
+    intercept = S.mean(1) - slope * x.mean()
+    ss_tot = (Sc**2).sum(1)
+    ss_res = ((S - (slope[:, None] * x + intercept[:, None])) ** 2).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), np.nan)
+    return {"slope": slope, "intercept": intercept, "r2": r2}
+
+
+def matched_steps(err_curve, steps, target) -> np.ndarray:
+    """Fractional step count at which a decreasing error curve reaches ``target`` (log-linear interpolation).
+
+    ``err_curve`` (..., S) errors at ``steps`` (S,), increasing; ``target`` (...) -> (...) steps.
+    The curve is made monotone by a running minimum first.  Targets above the first point give
+    the first step (censored below), targets below the last give NaN (not reached on the grid).
+    """
+    E = np.minimum.accumulate(np.asarray(err_curve, dtype=np.float64), axis=-1)
+    st = np.asarray(steps, dtype=np.float64)
+    T = np.asarray(target, dtype=np.float64)
+    if E.shape[-1] != st.size or E.shape[:-1] != T.shape:
+        raise ValueError(f"err_curve (..., S) must match steps (S,) and target (...): {E.shape}, {st.shape}, {T.shape}")
+    lE = np.log(np.maximum(E, 1e-300))
+    lT = np.log(np.maximum(T, 1e-300))
+    below = lE <= lT[..., None]  # (..., S): reached at this grid point
+    first = np.where(below.any(-1), below.argmax(-1), -1)
+    out = np.full(T.shape, np.nan)
+    hit = first >= 0
+    f = np.where(hit, first, 0)
+    prev = np.maximum(f - 1, 0)
+    e1 = np.take_along_axis(lE, f[..., None], -1)[..., 0]
+    e0 = np.take_along_axis(lE, prev[..., None], -1)[..., 0]
+    s1, s0 = st[f], st[prev]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(e0 > e1, (e0 - lT) / (e0 - e1), 1.0)
+    val = np.where(f == 0, st[0], s0 + np.clip(frac, 0, 1) * (s1 - s0))
+    out[hit] = val[hit]
+    return out

@@ -106,11 +106,33 @@ def alpha_from_rule(S, rule: str | float, margin: float = 0.5) -> torch.Tensor:
     if not 0 < margin < 1:
         raise ValueError(f"margin must lie in (0, 1), got {margin!r}")
     if rule == "code":
-        SS = S @ S.transpose(-1, -2)
-        nrm = torch.linalg.matrix_norm(SS, ord="fro")
+        return rule_alpha(rule, SS=S @ S.transpose(-1, -2), margin=margin)
+    return rule_alpha(rule, lmax=lambda_max(S), margin=margin)
+
+
+def rule_alpha(rule: str, *, lmax: torch.Tensor | None = None, SS: torch.Tensor | None = None,
+               evals: torch.Tensor | None = None, margin: float = 0.5) -> torch.Tensor:
+    """α of a (validated) rule from what the caller already has, without checking its inputs again.
+
+    ``"code"`` needs ‖SSᵀ‖_F: from ``SS`` = S Sᵀ (..., d, d) or from the eigenvalues ``evals``
+    (..., d) of symmetric S (‖SSᵀ‖_F = sqrt(Σλ⁴)).  ``"paper"`` / ``"safe"`` need λ_max: from
+    ``lmax`` (...) or ``evals`` (ascending).  Used by :func:`alpha_from_rule` and by the batched
+    references, which reuse one eigendecomposition or one S·S product for the rule, the
+    divergence check and the Newton iteration.  A zero S gets α = 0.
+    """
+    if rule == "code":
+        if SS is not None:
+            nrm = torch.linalg.matrix_norm(SS, ord="fro")
+        elif evals is not None:
+            nrm = (evals * evals).square().sum(-1).sqrt()
+        else:
+            raise ValueError("rule 'code' needs SS or evals")
     else:
-        lm = lambda_max(S)
-        nrm = lm * lm / (2.0 if rule == "paper" else 2.0 * margin)
+        if lmax is None:
+            if evals is None:
+                raise ValueError(f"rule {rule!r} needs lmax or evals")
+            lmax = evals[..., -1].clamp(min=0.0)
+        nrm = lmax * lmax / (2.0 if rule == "paper" else 2.0 * margin)
     safe = torch.where(nrm > 0, nrm, torch.ones_like(nrm))
     return torch.where(nrm > 0, 1.0 / safe, torch.zeros_like(nrm))
 
@@ -197,6 +219,36 @@ def check_alpha(X, alpha: float, lam: float = 0.0, norm: float | torch.Tensor = 
             f"is multiplied by |1 - alpha_eff*lambda^2|^(2^k) >= 1 and never shrinks. Rebuild with a smaller alpha, e.g. "
             f"construct.safe_alpha(X) per prompt or construct.fixed_alpha_for_distribution(...), "
             f"or rescale the data."
+        )
+        if on_diverge == "raise":
+            raise AlphaDivergenceError(msg)
+        warnings.warn(msg, AlphaDivergenceWarning, stacklevel=2)
+    return bad
+
+
+def check_lr(X, lr: float, norm: float | torch.Tensor = 1.0, on_diverge: str = "raise") -> torch.Tensor:
+    """Detect prompts on which a fixed GD step size diverges: lr_eff·λ_max(S) ≥ 2 (lr_eff = lr/norm).
+
+    GD's error along an eigenvector of S with eigenvalue λ is multiplied by (1 − lr_eff·λ) per
+    step, so it converges exactly when 0 < lr_eff·λ_max < 2.  ``on_diverge`` as in
+    :func:`check_alpha` (the error is the same :class:`AlphaDivergenceError`).  Returns the bool
+    mask of diverging prompts.
+    """
+    from .validate import check_real
+
+    if on_diverge not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_diverge must be 'raise', 'warn' or 'ignore', got {on_diverge!r}")
+    check_real("lr", lr, positive=True)
+    lm = lambda_max(gram(X))
+    r = (lr / torch.as_tensor(norm, dtype=lm.dtype)) * lm
+    bad = r >= 2.0 * (1.0 - BOUNDARY_SLACK)
+    if bad.any() and on_diverge != "ignore":
+        idx = torch.nonzero(bad.reshape(-1)).flatten()
+        msg = (
+            f"fixed lr={lr:g} diverges on {int(bad.sum())} prompt(s) (first index {int(idx[0])}): "
+            f"lr_eff*lambda_max(S) = {float(r.max()):.4g} >= 2, so GD's error along the top eigenvector is "
+            f"multiplied by |1 - lr_eff*lambda| >= 1 every step and never shrinks. Rebuild with a smaller lr "
+            f"(below 2/lambda_max(S)) or rescale the data."
         )
         if on_diverge == "raise":
             raise AlphaDivergenceError(msg)

@@ -217,6 +217,9 @@ class SavableModel(nn.Module):
             "dtype": str(dtype).removeprefix("torch."),
             "config": self.config_dict(),
         }
+        knobs = getattr(getattr(self, "transformer", None), "knobs", None)
+        if knobs is not None:  # compiled by construct.to_gpt2: rebuilt from the config plus these
+            meta["gpt2"] = knobs.to_dict()
         meta["sha256"] = {"weights": _sha256_bytes(data), "config": _config_digest(meta)}
         atomic_write_json(path / CONFIG_FILE, meta)
         return path
@@ -313,11 +316,19 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
         raise CheckpointError(f"checkpoint config in {str(path)!r} is invalid: {e}") from None
     except RuntimeError as e:  # torch refusing a size
         raise CheckpointError(f"checkpoint config in {str(path)!r} asks for impossible sizes: {e}") from None
-    expected = model.state_dict()
-    n_params = sum(v.numel() for v in expected.values())
+    n_params = sum(v.numel() for v in model.state_dict().values())
     if n_params > MAX_PARAMS:
         raise CheckpointError(
             f"checkpoint config in {str(path)!r} implies {n_params:.3g} parameters, more than the {MAX_PARAMS:.3g} allowed")
+    if "gpt2" in meta:  # compiled by construct.to_gpt2: rebuilt from the real source weights (size now checked)
+        try:
+            from .gpt2 import recompile
+
+            src = cls.from_config_dict(meta["config"]).to(check_dtype(str(meta.get("dtype", "float64")), MODEL_DTYPES))
+            model = recompile(src, meta["gpt2"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint config in {str(path)!r} is invalid: {e}") from None
+    expected = model.state_dict()
     wpath = path / WEIGHTS_FILE
     if not wpath.is_file():
         raise CheckpointError(f"weights file {str(wpath)!r} not found")
@@ -344,7 +355,9 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"weights in {str(path)!r}: tensor {k!r} contains NaN or inf")
     saved_dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
-    model = model.to(dtype=saved_dtype).to_empty(device="cpu")  # allocate only now, at the checked size
+    model = model.to(dtype=saved_dtype)
+    if any(p.is_meta for p in model.parameters()):
+        model = model.to_empty(device="cpu")  # allocate only now, at the checked size
     model.load_state_dict(state)
     if dtype is not None:
         model = model.to(dtype=dtype)

@@ -31,8 +31,12 @@ from dataclasses import dataclass
 import torch
 
 from construct.checkpoint import SavableModel, register_kind
+from construct.hooks import HookedMixin
 from construct.validate import as_tensor, config_from_dict
 from construct.transformer import Transformer, TransformerConfig
+
+
+ACTIVATIONS = ("gelu", "gelu_new")
 
 
 def _check_pos_int(name: str, v, minimum: int = 1) -> None:
@@ -50,11 +54,17 @@ class GargConfig:
     n_heads: int      # H (>= 1); must divide d_model
     d_model: int      # D, residual width (>= 1)
     d_mlp: int = 0    # MLP hidden width (0 -> 4 D, as GPT-2)
+    # MLP activation: "gelu" = exact xΦ(x) (torch's default; every shipped checkpoint uses it,
+    # and configs saved without this field load as "gelu"); "gelu_new" = the tanh approximation
+    # that HF GPT2Config and Garg et al.'s released models use.  They differ by up to ~1e-3 per unit.
+    activation: str = "gelu"
 
     def __post_init__(self) -> None:
         for name in ("d", "n_points", "n_layers", "n_heads", "d_model"):
             _check_pos_int(name, getattr(self, name))
         _check_pos_int("d_mlp", self.d_mlp, minimum=0)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"GargConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
@@ -75,7 +85,7 @@ class GargConfig:
             d_out=1,
             attn="softmax",
             causal=True,
-            mlp="gelu",
+            mlp=self.activation,
             d_mlp=self.d_mlp,
             layernorm=True,
             bias=True,
@@ -129,8 +139,13 @@ def pad_dims(X: torch.Tensor, d: int) -> torch.Tensor:
 
 
 @register_kind("garg")
-class GargRegressor(SavableModel):
-    """GPT-2-style in-context linear regressor.  ``predict_all(X, y) -> (B, n)``."""
+class GargRegressor(HookedMixin, SavableModel):
+    """GPT-2-style in-context linear regressor.  ``predict_all(X, y) -> (B, n)``.
+
+    Hooks follow TransformerLens (:mod:`construct.hooks`): ``run_with_cache(X, y)`` returns the
+    all-prefix predictions (B, n) and the cache over the 2n interleaved tokens,
+    ``run_with_hooks(X, y, fwd_hooks=[...])`` the predictions with the hooks applied.
+    """
 
     config_cls = GargConfig
 
@@ -207,6 +222,9 @@ class GargRegressor(SavableModel):
         out = self.transformer(tokens)  # (B, 2n, 1)
         return out[:, ::2, 0]  # read at the x tokens: (B, n)
 
+    def _hooked_run(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.forward(X, y)
+
     @torch.no_grad()
     def predict_all(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """X (B, n, d' <= d), y (B, n) -> (B, n); entry t predicts y_t from examples 0..t-1."""
@@ -236,6 +254,12 @@ class GargRegressor(SavableModel):
         tokens = self._tokens(X, y, self.cfg.n_points)
         res = self.transformer.residual_streams(tokens)  # (L+1, B, 2n, D)
         return res[:, :, ::2] if at == "x" else res
+
+    def to_hf(self):
+        """This model on ``transformers.GPT2Model`` (Garg et al.'s layout); see :func:`construct.export.to_hf`."""
+        from .export import to_hf
+
+        return to_hf(self)
 
     def readout(self, resid: torch.Tensor) -> torch.Tensor:
         """The model's own read-out (final LayerNorm + linear) applied to residual vectors (..., D)."""

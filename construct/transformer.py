@@ -8,7 +8,8 @@ Hand-built Newton networks and trained GPT-2-style regressors are both configura
     d  data dimension           n  in-context examples       k  Newton steps
 
 Weights are stored per head and never fused (``W_Q[h]`` is ``(D, Dh)``), so hand-set blocks
-stay readable.  A layer computes (pre-LayerNorm when enabled)::
+stay readable; the forward pass concatenates them into one (3·H·Dh, D) projection on the fly.
+A layer computes (pre-LayerNorm when enabled)::
 
     r = r + Attn(LN1(r))        Attn = sum_h  A_h(LN1 r) V_h W_O[h]
     r = r + MLP(LN2(r))         MLP  = act(r W_in + b_in) W_out + b_out
@@ -17,29 +18,39 @@ with the attention weights ``A_h = act(Q_h K_h^T * scale)`` where ``act`` is ``s
 ``relu`` or ``linear`` (identity), under a full or causal mask and an optional key mask; with
 ``attn_norm`` each row of ``A_h`` is divided by the number of keys it may see (1/N).
 
-Weight tying: ``schedule[i]`` names the block used at layer ``i`` (default ``range(n_layers)``),
-so a looped transformer is just a schedule that repeats a block index.
+Fast paths (each tested against :mod:`construct.reference_forward`, the previous
+implementation, to 1e-12 in float64): softmax attention runs through
+``torch.nn.functional.scaled_dot_product_attention`` unless a hook wants the scores or the
+pattern; relu/linear attention hides keys by zeroing them (their scores are then exactly 0) and
+folds the score scale and the 1/N row count into the queries, so no elementwise pass over the
+(B, H, N, N) scores remains besides the activation itself.
 
-Every residual stream has a hook: ``blocks.{i}.hook_resid_pre``, ``hook_attn_out``,
-``hook_resid_mid``, ``hook_mlp_out``, ``hook_resid_post`` (and ``hook_pattern``), plus
-``hook_embed`` and ``hook_final``.  :meth:`Transformer.run_with_cache` returns ``(out, cache)``
-and removes its hooks on exit.
+Weight tying: ``schedule[i]`` names the block used at layer ``i`` (default ``range(n_layers)``),
+so a looped transformer is just a schedule that repeats a block index.  Weights live in
+``blocks[b]``; hooks live on the layers, so a looped model has one hook (and one cache entry)
+per layer.
+
+Hooks use TransformerLens's names and conventions (:mod:`construct.hooks`):
+``blocks.{l}.hook_resid_pre/mid/post``, ``blocks.{l}.attn.hook_q/k/v/attn_scores/pattern/z``,
+``blocks.{l}.mlp.hook_pre/post``, ``blocks.{l}.hook_attn_out/mlp_out``, ``hook_embed`` and
+``ln_final.hook_normalized``.  :meth:`Transformer.run_with_cache` returns ``(out, cache)`` and
+removes its hooks on exit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .hooks import ActivationCache, HookedMixin, HookPoint, act_name, name_hook_points  # noqa: F401  (re-exported)
+
 ATTN_KINDS = ("softmax", "relu", "linear")
-MLP_KINDS = ("relu", "gelu")
+MLP_KINDS = ("relu", "gelu", "gelu_new")  # gelu: exact xΦ(x); gelu_new: GPT-2's tanh approximation
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,7 @@ class TransformerConfig:
     causal: bool = True             # causal (lower-triangular) mask, else full attention
     attn_norm: bool = False         # divide each attention row by its number of keys (1/N)
     attn_scale: float | None = None # score scale; None -> 1/sqrt(Dh) for softmax, else 1
-    mlp: str | None = "gelu"        # None | "relu" | "gelu"
+    mlp: str | None = "gelu"        # None | "relu" | "gelu" (exact) | "gelu_new" (tanh approx.)
     d_mlp: int = 0                  # M, MLP hidden width (0 -> 4 D)
     layernorm: bool = True          # pre-LayerNorm in each layer and before the read-out
     bias: bool = True               # biases in Q/K/V/O, MLP, read-in and read-out
@@ -102,6 +113,13 @@ class TransformerConfig:
         return self.schedule or tuple(range(self.n_layers))
 
     @property
+    def score_scale(self) -> float:
+        """The factor on Q Kᵀ: ``attn_scale``, else 1/sqrt(Dh) for softmax and 1 for relu/linear."""
+        if self.attn_scale is not None:
+            return float(self.attn_scale)
+        return 1.0 / math.sqrt(self.d_head) if self.attn == "softmax" else 1.0
+
+    @property
     def hidden_mlp(self) -> int:
         return self.d_mlp or 4 * self.d_model
 
@@ -119,14 +137,83 @@ class TransformerConfig:
         return config_from_dict(cls, d)
 
 
-class HookPoint(nn.Module):
-    """Identity module that forward hooks attach to (TransformerLens style)."""
+class _AttnCtx:
+    """Masking facts of one forward pass, computed once and shared by every layer.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    ``key_mult`` (B, N, 1, 1): 1 for visible keys, 0 for hidden ones (relu/linear attention zero
+    the hidden keys, so their scores are exactly 0 and contribute nothing); ``row_scale``: the
+    score scale with the 1/N row normalisation folded in, a float or (B|1, N, 1, 1), applied to the
+    queries (act(c s) = c act(s) for c > 0, relu and identity); ``causal`` (N, N) bool lower
+    triangle or None; ``allowed`` (B|1, 1, N, N) bool for softmax with a key mask.
+    """
+
+    __slots__ = ("key_mult", "row_scale", "causal", "allowed", "sdpa_causal", "empty_rows")
+
+    def __init__(self, cfg: TransformerConfig, N: int, key_mask: torch.Tensor | None, dtype, device):
+        scale = cfg.score_scale
+        tril = torch.ones(N, N, dtype=torch.bool, device=device).tril() if cfg.causal else None
+        self.key_mult = self.allowed = None
+        self.causal = tril
+        self.sdpa_causal = cfg.causal and key_mask is None
+        self.empty_rows = False
+        if cfg.attn == "softmax":
+            self.row_scale = scale
+            if key_mask is not None:
+                allowed = key_mask[:, None, None, :]  # (B, 1, 1, N)
+                self.allowed = allowed & tril if tril is not None else allowed
+                self.empty_rows = True
+            return
+        if key_mask is not None:
+            self.key_mult = key_mask.to(dtype)[:, :, None, None]  # (B, N, 1, 1)
+        if cfg.attn_norm:
+            if key_mask is None:
+                cnt = (torch.arange(1, N + 1, dtype=dtype, device=device)[None] if tril is not None
+                       else torch.full((1, 1), float(N), dtype=dtype, device=device))  # (1, N|1)
+            else:
+                km = key_mask.to(dtype)
+                cnt = km.cumsum(-1) if tril is not None else km.sum(-1, keepdim=True)  # (B, N|1)
+            self.row_scale = (scale / cnt.clamp(min=1.0))[:, :, None, None]  # (B|1, N|1, 1, 1)
+        else:
+            self.row_scale = scale
+
+
+def _used_runs(W: torch.Tensor) -> list[tuple[int, int]] | None:
+    """Contiguous runs [a, b) of the input columns that a (out, in) weight reads.
+
+    None means "read everything": under autograd (training), or when the zero columns are under
+    a quarter of the input or split into more than 4 runs.  Hand-set weights read a few slots, so
+    inference on them skips the rest (the skipped terms are exact zeros times finite inputs).
+    """
+    if torch.is_grad_enabled():
+        return None
+    used = (W != 0).any(dim=0).tolist()
+    if sum(used) > 0.75 * len(used):
+        return None
+    runs, start = [], None
+    for i, u in enumerate(used + [False]):
+        if u and start is None:
+            start = i
+        elif not u and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs if len(runs) <= 4 else None
+
+
+def _linear_in(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, W, b)`` for W (out, in), reading only the input slots W uses."""
+    runs = _used_runs(W)
+    if runs is None or not x.is_contiguous():
+        return F.linear(x, W, b)
+    x2 = x.reshape(-1, x.shape[-1])  # (B·N, in)
+    out = b.expand(x2.shape[0], -1).clone() if b is not None else x2.new_zeros(x2.shape[0], W.shape[0])
+    for a0, a1 in runs:  # strided views, no copies: out += x[:, a0:a1] W[:, a0:a1]ᵀ
+        out.addmm_(x2[:, a0:a1], W[:, a0:a1].t())
+    return out.view(*x.shape[:-1], W.shape[0])
 
 
 class Attention(nn.Module):
+    """Per-head weights ``W_Q[h]`` (D, Dh) ... ``W_O[h]`` (Dh, D); the forward fuses them on the fly."""
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
@@ -140,45 +227,54 @@ class Attention(nn.Module):
             self.b_K = nn.Parameter(torch.zeros(H, Dh))
             self.b_V = nn.Parameter(torch.zeros(H, Dh))
             self.b_O = nn.Parameter(torch.zeros(D))
-        self.hook_pattern = HookPoint()
-        if cfg.attn_scale is not None:
-            self.scale = float(cfg.attn_scale)
-        else:
-            self.scale = 1.0 / math.sqrt(Dh) if cfg.attn == "softmax" else 1.0
+        self.scale = cfg.score_scale
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-        # x (B, N, D); allowed (B or 1, N, N) bool or None (everything visible)
-        q = torch.einsum("bnd,hde->bhne", x, self.W_Q)  # (B, H, N, Dh)
-        k = torch.einsum("bnd,hde->bhne", x, self.W_K)
-        v = torch.einsum("bnd,hde->bhne", x, self.W_V)
-        if self.cfg.bias:
-            q = q + self.b_Q[None, :, None, :]
-            k = k + self.b_K[None, :, None, :]
-            v = v + self.b_V[None, :, None, :]
-        s = torch.einsum("bhne,bhme->bhnm", q, k) * self.scale  # (B, H, N, N)
-        mask = None if allowed is None else allowed[:, None]  # (B|1, 1, N, N)
-        kind = self.cfg.attn
-        if kind == "softmax":
-            if mask is not None:
-                s = s.masked_fill(~mask, float("-inf"))
-            a = torch.softmax(s, dim=-1)
-            a = torch.nan_to_num(a, nan=0.0)  # rows with no visible key
+    def qkv_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The per-head weights as one (3·H·Dh, D) matrix (and bias) for a single projection."""
+        W = torch.cat([self.W_Q, self.W_K, self.W_V], 0)  # (3H, D, Dh)
+        b = torch.cat([self.b_Q, self.b_K, self.b_V], 0).reshape(-1) if self.cfg.bias else None
+        return W.transpose(1, 2).reshape(-1, W.shape[1]), b
+
+    def forward(self, x: torch.Tensor, ctx: _AttnCtx, hk: "AttnHooks") -> torch.Tensor:
+        B, N, _ = x.shape  # x (B, N, D)
+        H, Dh, kind = self.cfg.n_heads, self.cfg.d_head, self.cfg.attn
+        W, b = self.qkv_weight()
+        q, k, v = _linear_in(x, W, b).view(B, N, 3, H, Dh).unbind(2)  # each (B, N, H, Dh)
+        q, k, v = hk.hook_q(q), hk.hook_k(k), hk.hook_v(v)
+        if kind == "softmax" and not (hk.hook_attn_scores.active or hk.hook_pattern.active):
+            z = F.scaled_dot_product_attention(  # (B, H, N, Dh)
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=ctx.allowed,
+                is_causal=ctx.sdpa_causal, scale=ctx.row_scale)
+            if ctx.empty_rows:
+                z = torch.nan_to_num(z, nan=0.0)  # rows with no visible key
         else:
-            a = torch.relu(s) if kind == "relu" else s
-            if mask is not None:
-                a = a.masked_fill(~mask, 0.0)
-            if self.cfg.attn_norm:
-                if mask is None:
-                    cnt = torch.full((1, 1, s.shape[-2], 1), float(s.shape[-1]), dtype=s.dtype, device=s.device)
-                else:
-                    cnt = mask.sum(-1, keepdim=True).to(s.dtype).clamp(min=1.0)
-                a = a / cnt
-        a = self.hook_pattern(a)
-        z = torch.einsum("bhnm,bhme->bhne", a, v)  # (B, H, N, Dh)
-        out = torch.einsum("bhne,hed->bnd", z, self.W_O)  # (B, N, D)
-        if self.cfg.bias:
-            out = out + self.b_O
-        return out
+            if not isinstance(ctx.row_scale, float) or ctx.row_scale != 1.0:
+                q = q * ctx.row_scale
+            if ctx.key_mult is not None:
+                k = k * ctx.key_mult
+            s = q.transpose(1, 2) @ k.permute(0, 2, 3, 1)  # (B, H, N, N)
+            if kind == "softmax":
+                if ctx.allowed is not None:
+                    s = s.masked_fill(~ctx.allowed, float("-inf"))
+                elif ctx.causal is not None:
+                    s = s.masked_fill(~ctx.causal, float("-inf"))
+                s = hk.hook_attn_scores(s)
+                a = torch.softmax(s, dim=-1)
+                if ctx.empty_rows:
+                    a = torch.nan_to_num(a, nan=0.0)
+            else:
+                if ctx.causal is not None:
+                    s = s.masked_fill(~ctx.causal, 0.0)
+                if hk.hook_attn_scores.active:  # the cache keeps s: no in-place activation
+                    s = hk.hook_attn_scores(s)
+                    a = torch.relu(s) if kind == "relu" else s
+                else:  # s is a fresh matmul output that autograd does not need: ReLU in place
+                    a = s.relu_() if kind == "relu" else s
+            a = hk.hook_pattern(a)
+            z = a @ v.transpose(1, 2)  # (B, H, N, Dh)
+        z = hk.hook_z(z.transpose(1, 2))  # (B, N, H, Dh)
+        out = z.reshape(B, N, H * Dh) @ self.W_O.reshape(H * Dh, -1)  # (B, N, D)
+        return out + self.b_O if self.cfg.bias else out
 
 
 class MLP(nn.Module):
@@ -192,19 +288,21 @@ class MLP(nn.Module):
         if cfg.bias:
             self.b_in = nn.Parameter(torch.zeros(M))
             self.b_out = nn.Parameter(torch.zeros(D))
-        self.hook_post = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x @ self.W_in  # (B, N, M)
-        if self.bias:
-            h = h + self.b_in
-        h = self.hook_post(F.relu(h) if self.act == "relu" else F.gelu(h))
-        out = h @ self.W_out  # (B, N, D)
-        return out + self.b_out if self.bias else out
+    def forward(self, x: torch.Tensor, hk: "MLPHooks") -> torch.Tensor:
+        h = hk.hook_pre(_linear_in(x, self.W_in.t(), self.b_in if self.bias else None))  # (B, N, M)
+        if self.act == "relu":  # in place unless a hook holds the pre-activation
+            h = hk.hook_post(torch.relu(h) if hk.hook_pre.active else h.relu_())
+        else:
+            h = hk.hook_post(F.gelu(h, approximate="tanh" if self.act == "gelu_new" else "none"))
+        return F.linear(h, self.W_out.t(), self.b_out if self.bias else None)  # (B, N, D)
 
 
 class Block(nn.Module):
-    """One layer's weights: attention and (optionally) MLP, with optional pre-LayerNorms."""
+    """One weight block: attention and (optionally) MLP, with optional pre-LayerNorms.
+
+    A looped model runs one block at several layers; hooks live on the layers, not here.
+    """
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -214,30 +312,54 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model) if cfg.layernorm and self.mlp is not None else None
 
 
-class Layer(nn.Module):
-    """A position in the stack: its hooks, and the (possibly shared) block it runs."""
-
+class AttnHooks(nn.Module):
     def __init__(self):
         super().__init__()
+        for n in ("q", "k", "v", "attn_scores", "pattern", "z"):
+            setattr(self, f"hook_{n}", HookPoint())
+
+
+class MLPHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_pre = HookPoint()
+        self.hook_post = HookPoint()
+
+
+class Layer(nn.Module):
+    """A position in the stack: its own hooks (``blocks.{l}.*``) and the (possibly shared) block it runs."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
         self.hook_resid_pre = HookPoint()
-        self.hook_attn_out = HookPoint()
+        if cfg.n_heads > 0:
+            self.attn = AttnHooks()
+            self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
-        self.hook_mlp_out = HookPoint()
+        if cfg.mlp is not None:
+            self.mlp = MLPHooks()
+            self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, r: torch.Tensor, block: Block, allowed: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, r: torch.Tensor, block: Block, ctx: _AttnCtx) -> torch.Tensor:
         r = self.hook_resid_pre(r)  # (B, N, D)
         if block.attn is not None:
             h = block.ln1(r) if block.ln1 is not None else r
-            r = r + self.hook_attn_out(block.attn(h, allowed))
+            r = r + self.hook_attn_out(block.attn(h, ctx, self.attn))
         r = self.hook_resid_mid(r)
         if block.mlp is not None:
             h = block.ln2(r) if block.ln2 is not None else r
-            r = r + self.hook_mlp_out(block.mlp(h))
+            r = r + self.hook_mlp_out(block.mlp(h, self.mlp))
         return self.hook_resid_post(r)
 
 
-class Transformer(nn.Module):
+class _Final(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_normalized = HookPoint()
+
+
+class Transformer(HookedMixin, nn.Module):
     """Read-in, a stack of layers, read-out.  ``forward(tokens) -> (B, N, d_out)``."""
 
     def __init__(self, cfg: TransformerConfig):
@@ -249,19 +371,29 @@ class Transformer(nn.Module):
         self.pos = nn.Parameter(torch.zeros(cfg.max_len, D)) if cfg.max_len else None
         self.prefix = nn.Parameter(torch.zeros(cfg.n_prefix, D)) if cfg.n_prefix else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.blocks_count))
-        self.layers = nn.ModuleList(Layer() for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(D) if cfg.layernorm else None
         self.W_out = nn.Parameter(torch.zeros(D, cfg.d_out))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_out)) if cfg.bias else None
         self.hook_embed = HookPoint()
-        self.hook_final = HookPoint()
+        self.ln_final = _Final()
+        self._hook_dict = name_hook_points(self)
+
+    def _hook_host(self) -> nn.Module:
+        return self
+
+    def _hooked_run(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self(tokens, key_mask)
+
+    def run_with_cache(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None, names=None, *,
+                       names_filter=None) -> tuple[torch.Tensor, ActivationCache]:
+        """``(out, cache)`` for ``forward(tokens, key_mask)``; ``names`` is the deprecated ``names_filter``."""
+        return HookedMixin.run_with_cache(self, tokens, key_mask, names_filter=names_filter, names=names)
 
     # ------------------------------------------------------------------ forward
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Read-in: (B, N, d_in) -> residual (B, P+N, D), prefix tokens first."""
-        r = tokens @ self.W_in  # (B, N, D)
-        if self.b_in is not None:
-            r = r + self.b_in
+        r = F.linear(tokens, self.W_in.t(), self.b_in)  # (B, N, D)
         if self.pos is not None:
             N = r.shape[1]
             if N > self.cfg.max_len:
@@ -273,17 +405,6 @@ class Transformer(nn.Module):
             pre = self.prefix.to(r.dtype).expand(r.shape[0], -1, -1)  # (B, P, D)
             r = torch.cat([pre, r], dim=1)
         return r
-
-    def _allowed(self, N: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
-        """Boolean (B|1, N, N) visibility; None means all visible."""
-        allowed = None
-        if self.cfg.causal:
-            allowed = torch.ones(N, N, dtype=torch.bool, device=device).tril()[None]
-        if key_mask is not None:
-            km = key_mask[:, None, :]  # (B, 1, N)
-            allowed = km if allowed is None else (allowed & km)
-            allowed = allowed.expand(-1, N, -1) if allowed.shape[1] == 1 else allowed
-        return allowed
 
     def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, N, d_in); key_mask (B, N) bool, False hides that token as a key.
@@ -298,55 +419,25 @@ class Transformer(nn.Module):
         if key_mask is not None and self.prefix is not None:
             pre = torch.ones(key_mask.shape[0], self.cfg.n_prefix, dtype=torch.bool, device=key_mask.device)
             key_mask = torch.cat([pre, key_mask], dim=1)
-        allowed = self._allowed(r.shape[1], key_mask, r.device)
+        ctx = _AttnCtx(self.cfg, r.shape[1], key_mask, r.dtype, r.device)
         for layer, b in zip(self.layers, self.cfg.layer_schedule):
-            r = layer(r, self.blocks[b], allowed)
+            r = layer(r, self.blocks[b], ctx)
         if self.ln_f is not None:
             r = self.ln_f(r)
-        r = self.hook_final(r)
-        out = r @ self.W_out  # (B, P+N, d_out)
-        return out + self.b_out if self.b_out is not None else out
+        r = self.ln_final.hook_normalized(r)
+        return F.linear(r, self.W_out.t(), self.b_out)  # (B, P+N, d_out)
 
     # ------------------------------------------------------------------ hooks
-    def hook_points(self) -> dict[str, HookPoint]:
-        return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
+    def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
+                         return_output: bool = False, stack: bool = True):
+        """Residual stream after the read-in and after every layer: (L+1, B, P+N, D).
 
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, Callable]] = ()):
-        """Attach ``(name, fn(tensor, name) -> tensor|None)`` hooks; removed on exit."""
-        points = self.hook_points()
-        handles = []
-        try:
-            for name, fn in fwd_hooks:
-                if name not in points:
-                    raise KeyError(f"no hook point named {name!r}; see Transformer.hook_points()")
-                handles.append(
-                    points[name].register_forward_hook(lambda m, i, o, fn=fn, name=name: fn(o, name))
-                )
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-
-    def run_with_cache(
-        self,
-        tokens: torch.Tensor,
-        key_mask: torch.Tensor | None = None,
-        names: Callable[[str], bool] | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Run forward and return ``(out, cache)`` with every hooked activation (filtered by ``names``)."""
-        cache: dict[str, torch.Tensor] = {}
-
-        def save(t, name):
-            cache[name] = t.detach()
-
-        sel = [n for n in self.hook_points() if names is None or names(n)]
-        with self.hooks([(n, save) for n in sel]):
-            out = self(tokens, key_mask)
-        return out, cache
-
-    def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Residual stream after the read-in and after every layer: (L+1, B, P+N, D)."""
-        want = {"hook_embed"} | {f"layers.{i}.hook_resid_post" for i in range(self.cfg.n_layers)}
-        _, cache = self.run_with_cache(tokens, key_mask, names=lambda n: n in want)
-        return torch.stack([cache["hook_embed"]] + [cache[f"layers.{i}.hook_resid_post"] for i in range(self.cfg.n_layers)])
+        ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run;
+        ``stack=False`` gives the L + 1 streams as a list (no copy into one tensor).
+        """
+        L = self.cfg.n_layers
+        want = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
+        out, cache = self.run_with_cache(tokens, key_mask, names_filter=want)
+        streams = [cache[n] for n in want]
+        streams = torch.stack(streams) if stack else streams
+        return (streams, out) if return_output else streams

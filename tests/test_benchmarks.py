@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import time
@@ -196,6 +197,9 @@ EXPECTED = [
     "e_constructed/constructed_vs_newton.png", "e_constructed/constructed_vs_newton.json",
     "e_constructed/constructed_vs_trained.png", "e_constructed/constructed_vs_trained.json",
     "e_constructed/lstm.png", "e_constructed/lstm.json",
+    "m_models/models.json", "m_models/table1.csv", "m_models/trends.csv", "m_models/steps_per_layer.csv",
+    "m_models/heatmaps.png", "m_models/best_match.png", "m_models/table1.png", "m_models/steps_per_layer.png",
+    "o_lookalikes/lookalikes.json", "o_lookalikes/lookalikes.csv", "o_lookalikes/lookalikes.png",
 ]
 
 
@@ -292,3 +296,111 @@ def test_registry_and_bad_arguments(tmp_path):
         R.run(["--quick", "--out", str(tmp_path), "--only", "zz", "--no-progress"])
     with pytest.raises(SystemExit, match="no transformer checkpoint"):
         R.run(["--out", str(tmp_path), "--checkpoint", str(tmp_path / "none"), "--no-progress"])
+
+
+def test_experiment_modules_are_discovered_and_documented():
+    from benchmarks import experiments as E
+
+    mods = E.experiment_modules()
+    names = [m.rsplit(".", 1)[1] for m in mods]
+    assert names[:5] == ["a_convergence", "b_similarity", "c_best_match", "d_ill_conditioned", "e_constructed"]
+    assert "context" not in names and "registry" not in names and "common" not in names
+    for m in mods:
+        doc = importlib.import_module(m).__doc__ or ""
+        assert "Question" in doc and "Metric" in doc and "Mirrors" in doc, m  # question, metric, paper figure
+    # the runner re-exports the one registry: experiments registered anywhere land in R.EXPERIMENTS
+    assert R.EXPERIMENTS is E.EXPERIMENTS and R.experiment is E.experiment and R.Context is E.Context
+    assert [R.EXPERIMENTS[k].folder for k in "abcde"] == names[:5]
+
+
+# ====================================================================== bootstrap, fits, matched steps
+def test_bootstrap_helpers_by_hand():
+    W = M.bootstrap_weights(4, 500, seed=3)
+    assert W.shape == (500, 4) and torch.allclose(W.sum(1), torch.ones(500, dtype=F64))
+    assert torch.equal(W, M.bootstrap_weights(4, 500, seed=3)) and not torch.equal(W, M.bootstrap_weights(4, 500, seed=4))
+    assert torch.equal(W * 4, (W * 4).round())  # counts / B
+    x = t([[1.0, 2.0, 3.0, 10.0], [0.0, 0.0, 0.0, 4.0]])  # (2, B=4)
+    reps = M.replicate_means(x, W)  # (500, 2)
+    r = 17
+    idx = [b for b in range(4) for _ in range(int(round(float(W[r, b]) * 4)))]
+    assert torch.allclose(reps[r], x[:, idx].mean(1))
+    lo, hi = M.interval(np.arange(101.0)[:, None], 0.9)
+    assert lo[0] == pytest.approx(5.0) and hi[0] == pytest.approx(95.0)
+    with pytest.raises(ValueError, match="n_boot"):
+        M.bootstrap_weights(4, 0)
+
+
+def test_linear_fits_equal_fit_trend():
+    x = [2, 3, 4, 5]
+    S = np.array([[3.0, 8.0, 14.0, 19.0], [1.0, 2.0, 2.0, 5.0]])
+    f = M.linear_fits(x, S)
+    for i in range(2):
+        g = M.fit_trend(x, S[i], "linear")
+        assert f["slope"][i] == pytest.approx(g["slope"]) and f["r2"][i] == pytest.approx(g["r2"])
+    assert np.isnan(M.linear_fits(x, np.ones((1, 4)))["r2"][0])  # no variance: undefined, not 1
+
+
+def test_matched_steps_by_hand():
+    err = np.array([1.0, 0.1, 0.01, 0.001])
+    s = M.matched_steps(err[None], [0, 1, 2, 3], np.array([0.1 ** 1.5]))
+    assert s[0] == pytest.approx(1.5)  # log-linear interpolation between steps 1 and 2
+    assert M.matched_steps(err[None], [1, 10, 100, 1000], np.array([0.01]))[0] == pytest.approx(100.0)
+    assert np.isnan(M.matched_steps(err[None], [0, 1, 2, 3], np.array([1e-5]))[0])  # below the grid: not reached
+    assert M.matched_steps(err[None], [0, 1, 2, 3], np.array([5.0]))[0] == 0.0  # above the first point: the first step
+
+
+def test_lookalike_matching_censors_ambiguous_levels():
+    from benchmarks.experiments.o_lookalikes import _matched, verdict
+
+    steps = [0, 1, 2, 3, 4]
+    bump = np.array([[[1.0], [0.5], [0.6], [0.2], [0.1]]])  # (R=1, S, n=1): not monotone between 1 and 2
+    assert np.isnan(_matched(np.array([[0.55]]), bump, steps)[0, 0])  # 0.55 is reached near step 1 and near 2
+    assert _matched(np.array([[0.2]]), bump, steps)[0, 0] == pytest.approx(3.0)  # reached once: step 3
+    assert np.isnan(_matched(np.array([[0.1]]), bump, steps)[0, 0])  # at the converged floor: censored
+    assert verdict({"a": (0.1, 0.05, 0.2), "b": (0.9, 0.5, 1.2)}) == ("decided", ["a"])
+    assert verdict({"a": (0.1, 0.05, 0.6), "b": (0.9, 0.5, 1.2)}) == ("undecided", ["a", "b"])
+
+
+def test_quick_run_models_and_lookalikes(quick_run):
+    out, _, _ = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"m_models", "o_lookalikes"} <= set(summary["experiments"])
+    rows = list(csv.DictReader((out / "m_models/table1.csv").open()))
+    assert {r["sime_start"] for r in rows} == {"0", "1"}
+    assert {r["reference"] for r in rows} == {"newton", "gd_released", "gd_unlimited", "online_gd", "ols"}
+    assert {r["model"] for r in rows} >= {"cpu", "d10", "cpu-kappa100", "lstm-cpu"}
+    for r in rows:
+        if r["sime"]:
+            assert float(r["sime_lo"]) <= float(r["sime_hi"]) and -1 <= float(r["sime"]) <= 1
+    m = json.loads((out / "m_models/models.json").read_text())
+    assert any(k.startswith("constructed Newton") for k in m["models"])
+    spl = m["steps_per_layer"]
+    assert spl["constructed Newton (k+2 layers)"]["value"] == pytest.approx(1.0)
+    assert any("hyperpower" in k for k in spl)
+    checks = summary["checks"]
+    assert any(k.startswith("m_constructed") for k in checks)
+    assert all(checks[k]["ok"] for k in checks if k.startswith(("m_", "o_")))
+    o = json.loads((out / "o_lookalikes/lookalikes.json").read_text())
+    ctl = o["results"]["control: Newton 6 steps / -"]
+    assert ctl["algorithms"]["newton"]["spread"] == pytest.approx(0.0, abs=1e-9)
+    assert {"cpu / read-out", "d10 / read-out", "lstm-cpu / read-out"} <= set(o["results"])
+
+
+def test_save_fig_writes_the_same_bytes_as_savefig(tmp_path):
+    """The one-pass figure writer (issue 13) is byte-identical to fig.savefig + palette."""
+    from benchmarks.experiments.common import pyplot
+
+    ctx = R.Context(tmp_path, True, 0, "cpu", R.QUICK, None, "", None, "")
+    ctx.current = "x"
+    plt = pyplot()
+    paths = []
+    for name, writer in (("new.png", ctx.save_fig), ("old.png", ctx.save_fig_reference)):
+        fig, ax = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
+        im = ax[0].pcolormesh(np.arange(6), np.arange(5), np.arange(20.0).reshape(4, 5), shading="flat")
+        fig.colorbar(im, ax=ax[0])
+        ax[1].semilogy([1, 2, 3], [1e-3, 1e-1, 1.0], "o-", label="a line")
+        ax[1].legend()
+        fig.suptitle("SimE: layers × steps (κ = 100)")
+        paths.append(writer(fig, tmp_path / name))
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert ctx.files["x"] == ["new.png", "old.png"]

@@ -32,6 +32,18 @@ one bilinear head of width 2d: query [u ; c], key [2x ; −u], value y, output i
 Summing against y_j gives x_qᵀ M_k Xᵀ y.  Every token carries u and c, so every token's ``out``
 receives z_tᵀ M_k Xᵀ y (its own z); only the query's is read out.
 
+**Adaptive α (c-init without a seed).**  In an adaptive model (:mod:`construct.blocks.scale`)
+the α is data-dependent, so no weight can carry α/(2σ²).  Instead the c-init layer uses the
+slot ``v`` = S x_l left on the example tokens by the gram layer (0 on the query): with
+u_l = α S x_l on example tokens,
+
+    Σ_l u_l ⟨v_l, u_i⟩ = α S (Σ_l x_l x_lᵀ) S · α S z_i = α² S⁴ z_i
+
+(query u, key v, value u, output −½ into c; the key v is 0 on the query and the register, so
+their u never enters).  Together with S u_i = Σ_l x_l ⟨x_l, u_i⟩ (query u, key x, value x,
+output +1) and the doubling MLP this gives c = 2αS²z − α²S⁴z = S M₁ z with c entering as 0,
+and the α in it is exactly the register's α (:func:`adaptive_c_init_block`).
+
 **Why not fewer layers (degree bound).**  Each exact layer maps a residual stream whose
 entries are polynomials of degree ≤ p in the data (x, y, x_q) to one of degree ≤ 3p: a score
 is a product of two entries and the value a third (the MLPs here are exactly linear, and the
@@ -45,9 +57,10 @@ L_min = 2, 2, 3, 4 for k = 0, 1, 2, 3, so the k + 2 form is optimal at k = 0 and
 k + 1 form is optimal for k = 2, 3 among exact bilinear networks (at k = 1 the merged form does
 not apply: 3 layers against a bound of 2 is open).  From k = 4 on the bound
 (≈ 0.63 (k + 2)) falls below k + 1: degree counting alone does **not** rule out fewer layers
-there.  A network meeting it would have to raise the degree ×3 per layer (e.g. a cubically
-convergent iteration), which is no longer "one Newton step per layer"; we know no exact
-construction of k Newton steps in fewer than k + 1 layers and claim none.
+there.  A network meeting it has to raise the degree ×3 per layer, i.e. run a cubically
+convergent iteration instead of one Newton step per layer: the hyperpower form
+(:mod:`construct.blocks.hyperpower`) does, reaching at least Newton-k's accuracy in j + 3 layers,
+within one layer of the bound.
 """
 
 from __future__ import annotations
@@ -58,20 +71,31 @@ from .base import BlockSpec, Head, c_scale, doubling_mlp, eye, heads_for
 from .newton import newton_heads
 
 
+def c_init_heads(d: int, alpha: float, q: str = "u", out: str = "c", seed: str | None = "x") -> list[Head]:
+    """The two c-init heads: ``out`` += S·q − σ S·seed, then ``out`` −= (α/2σ²) σ² S³·q.
+
+    Train tokens use q = u, out = c, seed = x (cancelling the seed σ S x_i).  The hyperpower form's
+    query copy uses q = uq, out = cq, seed = None (its cq enters as 0, nothing to cancel).
+    """
+    sigma = c_scale(alpha)
+    first_q = {q: eye(d, d)}
+    if seed is not None:
+        first_q[seed] = eye(d, d, scale=-sigma)
+    return [
+        Head(q=first_q, k={"x": eye(d, d)}, v={"x": eye(d, d)}, o={out: eye(d, d).T},
+             label=f"c-init: {out} += Σ_l ⟨{q}{' − σ ' + seed if seed else ''}, x_l⟩ x_l"),
+        Head(q={q: eye(d, d)}, k={"c": eye(d, d)}, v={"c": eye(d, d)}, o={out: eye(d, d).T * (-0.5 * alpha / sigma ** 2)},
+             label=f"c-init: {out} −= (α/2σ²) Σ_l ⟨{q}, c_l⟩ c_l"),
+    ]
+
+
 def c_init_block(layout: ResidualLayout, d: int, alpha: float, attn: str) -> BlockSpec:
     """First Newton layer of the merged form: u ← M₁ z and c ← S M₁ z (see module docstring)."""
     if alpha <= 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
-    sigma = c_scale(alpha)
-    c_heads = [
-        Head(q={"u": eye(d, d), "x": eye(d, d, scale=-sigma)}, k={"x": eye(d, d)}, v={"x": eye(d, d)},
-             o={"c": eye(d, d).T}, label="c-init: c += Σ_l ⟨u − σ x, x_l⟩ x_l"),
-        Head(q={"u": eye(d, d)}, k={"c": eye(d, d)}, v={"c": eye(d, d)}, o={"c": eye(d, d).T * (-0.5 * alpha / sigma ** 2)},
-             label="c-init: c −= (α/2σ²) Σ_l ⟨u, c_l⟩ c_l"),
-    ]
     return BlockSpec(
         "newton+c-init",
-        heads_for(attn, newton_heads(d) + c_heads),
+        heads_for(attn, newton_heads(d) + c_init_heads(d, alpha)),
         doubling_mlp(layout, ["u", "c"]),
         "u ← M₁ z;  c ← S M₁ z",
     )
@@ -87,3 +111,18 @@ def merged_readout_block(layout: ResidualLayout, d: int, attn: str) -> BlockSpec
     )
     return BlockSpec("merged-readout", heads_for(attn, [head]), None, "out ← x_qᵀ M_k Xᵀ y  (last step merged)")
 
+
+def adaptive_c_init_block(layout: ResidualLayout, d: int, attn: str) -> BlockSpec:
+    """Merged c-init for an adaptive α: u ← M₁ z, c ← S M₁ z from u = αSz and v = S x (module doc)."""
+    c_heads = [
+        Head(q={"u": eye(d, d)}, k={"x": eye(d, d)}, v={"x": eye(d, d)}, o={"c": eye(d, d).T},
+             label="c-init: c += Σ_l ⟨u, x_l⟩ x_l  (S u)"),
+        Head(q={"u": eye(d, d)}, k={"v": eye(d, d)}, v={"u": eye(d, d)}, o={"c": eye(d, d).T * -0.5},
+             label="c-init: c −= ½ Σ_l ⟨u, v_l⟩ u_l  (½ α² S⁴ z; key v = S x on examples only)"),
+    ]
+    return BlockSpec(
+        "newton+c-init",
+        heads_for(attn, newton_heads(d) + c_heads),
+        doubling_mlp(layout, ["u", "c"]),
+        "u ← M₁ z;  c ← S M₁ z  (α from the register)",
+    )

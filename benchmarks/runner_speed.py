@@ -1,0 +1,106 @@
+"""Time ``python -m benchmarks.run --quick`` at an older commit against the working tree, in one run.
+
+    python -m benchmarks.runner_speed --old 6ca5bab --repeats 3 --only a,b,c,d,e,f,g
+
+Extracts ``--old`` into a temporary folder (``git archive``), then runs the two runners alternately
+(old, new, old, new, …) so that both see the same machine load, each in a fresh process with
+``--no-progress`` into its own output folder.  Reports the median wall time and CPU time (user +
+system of the child) of each, their ratio, and whether every output file is identical apart from
+timing fields (JSON keys naming seconds/timings/load, the CSV/markdown lines that carry them).
+Nothing here is imported by the runner; it is a measuring tool for issue 13.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_TIMING_KEY = re.compile(r"(second|_s$|^wall|timings|loadavg|load_average|elapsed|command)", re.I)
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if not _TIMING_KEY.search(k)}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def compare(a: Path, b: Path, skip: tuple[str, ...] = ("g_perf/", "f_width/quick/", "summary.md")) -> dict:
+    """Files of two output folders: identical bytes, identical apart from timing fields, or different.
+
+    ``skip``: outputs that are timings by nature (the performance table, training logs with wall
+    seconds, the summary's copy of them); summary.json is compared with its timing keys removed.
+    """
+    fa = {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()}
+    fb = {str(p.relative_to(b)) for p in b.rglob("*") if p.is_file()}
+    res = {"only_old": sorted(fa - fb), "only_new": sorted(fb - fa), "identical": 0, "identical_but_timings": 0,
+           "different": [], "skipped": 0}
+    for f in sorted(fa & fb):
+        if f.startswith(skip):
+            res["skipped"] += 1
+            continue
+        x, y = (a / f).read_bytes(), (b / f).read_bytes()
+        if x == y:
+            res["identical"] += 1
+        elif f.endswith(".json") and _strip(json.loads(x)) == _strip(json.loads(y)):
+            res["identical_but_timings"] += 1
+        else:
+            res["different"].append(f)
+    return res
+
+
+def _run(src: Path, out: Path, args: list[str]) -> tuple[float, float]:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--no-progress", "--out", str(out), *args],
+                   cwd=src, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.runner_speed", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old", required=True, help="git revision of the old runner")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default=None, help="experiments for both runners (default: all of the old one's)")
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    extra = ["--only", args.only] if args.only else []
+    tmp = Path(tempfile.mkdtemp(prefix="runner-speed-"))
+    old_src = tmp / "old"
+    try:
+        old_src.mkdir()
+        archive = subprocess.run(["git", "archive", args.old], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old_src)], input=archive, check=True)  # no worktree registered
+        times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+        for i in range(args.repeats):
+            for name, src in (("old", old_src), ("new", ROOT)):
+                times[name].append(_run(src, tmp / f"{name}{i}", extra))
+        med = {k: (sorted(w for w, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2]) for k, v in times.items()}
+        cmp = compare(tmp / "old0", tmp / "new0")
+        res = {"old": args.old, "repeats": args.repeats, "only": args.only, "times_wall_cpu_s": times,
+               "median_wall_s": {k: v[0] for k, v in med.items()}, "median_cpu_s": {k: v[1] for k, v in med.items()},
+               "speedup_wall": med["old"][0] / med["new"][0], "speedup_cpu": med["old"][1] / med["new"][1],
+               "outputs": cmp, "load_average": os.getloadavg()}
+        print(json.dumps(res, indent=1))
+        return 0 if not cmp["different"] and not cmp["only_old"] else 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Adaptive α (alpha="adaptive"): α = f(tr(S^p)) computed in the network; never diverges; exact w.r.t. that α."""
+
+from __future__ import annotations
+
+import collections
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from construct import AlphaDivergenceError, build_newton_transformer, load_model
+from construct.adaptive import (
+    ALPHA_C, AlphaRangeError, default_range, pl_alpha, pl_function, trace_power,
+)
+from verify.rational import newton_exact
+from verify.reference import newton_predict
+from verify.strategies import prompts
+
+F64 = torch.float64
+
+
+def _prompts(B, n, d, seed=0, scale=1.0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(B, n, d, generator=g, dtype=F64) * scale
+    y = torch.randn(B, n, generator=g, dtype=F64)
+    xq = torch.randn(B, d, generator=g, dtype=F64) * scale
+    return X.to(dtype), y.to(dtype), xq.to(dtype)
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
+
+
+# ----------------------------------------------------------------------------- the PL function
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_pl_function_lies_below_phi_and_close_to_it(p):
+    f = pl_function(p)
+    assert all(w > 0 for w in f.weights) and all(np.diff(f.kinks) > 0)
+    t = np.exp(np.linspace(math.log(f.tau_lo) - 3, math.log(f.tau_hi) + 0.3, 100001))
+    ratio = f(t) / f.phi(t)
+    assert ratio.max() <= 1 + 1e-13  # f ≤ φ everywhere (stored floats included), so α·λ_max² ≤ c
+    inside = (t >= f.tau_lo) & (t <= f.tau_hi)
+    g = {1: 0.855, 2: 0.813, 3: 0.776}[p]  # documented worst gap between tangent nodes
+    assert ratio[inside].min() >= g - 1e-3
+    assert ratio[inside].min() <= g + 1e-3  # the bound is attained: not a loose claim
+
+
+def test_pl_alpha_range_errors_and_zero():
+    f = pl_function(3)
+    with pytest.raises(AlphaRangeError, match=r"outside the valid range \[2\^-66, 2\^80\]"):
+        pl_alpha(f, torch.tensor([1.0, f.tau_hi * 4], dtype=F64))
+    with pytest.raises(AlphaRangeError, match="prompt 0"):
+        pl_alpha(f, torch.tensor([f.tau_lo / 4], dtype=F64))
+    with pytest.raises(AlphaRangeError):
+        pl_alpha(f, torch.tensor([math.inf], dtype=F64))
+    a = pl_alpha(f, torch.tensor([0.0, 1.0], dtype=F64))
+    assert a[0] > 0 and torch.isfinite(a).all()
+
+
+# ----------------------------------------------------------------------------- structure
+@pytest.mark.parametrize("form,p,layers,width", [
+    ("default", 3, 5 + 4, 4 * 4 + 5), ("default", 2, 5 + 4, 4 * 4 + 5), ("default", 1, 5 + 3, 4 * 4 + 5),
+    ("merged", 3, 5 + 3, 5 * 4 + 5), ("merged", 1, 5 + 2, 5 * 4 + 5),
+])
+def test_layer_and_width_formulas(form, p, layers, width):
+    m = build_newton_transformer(4, 5, "adaptive", form=form, alpha_trace=p)
+    assert m.n_layers == layers == m.spec.n_layers
+    assert m.layout.width == width == m.spec.width
+    gram = (1 + (form == "merged")) if p == 1 else 0  # p = 1: the gram heads share the trace layer
+    assert m.transformer.cfg.n_heads == 2 * (4 + gram)  # d (+ gram) bilinear heads, as ReLU pairs
+    assert m.transformer.cfg.d_mlp == max(pl_function(p).width, 4 * 2 * (2 if form == "merged" else 1))
+    assert m.spec.n_prefix == 1 and m.transformer.prefix[0, m.layout["one"]] == 1
+    assert "adaptive" in m.describe() and "register" in m.describe()
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="normalize"):
+        build_newton_transformer(3, 2, "adaptive", normalize=True)
+    with pytest.raises(ValueError, match="'adaptive'"):
+        build_newton_transformer(3, 2, "adaptiv")
+    with pytest.raises(ValueError, match="alpha_trace must be one of"):
+        build_newton_transformer(3, 2, "adaptive", alpha_trace=4)
+    with pytest.raises(ValueError, match="apply to alpha='adaptive' only"):
+        build_newton_transformer(3, 2, 0.1, alpha_range=(-3, 3))
+    with pytest.raises(ValueError, match="alpha_range"):
+        build_newton_transformer(3, 2, "adaptive", alpha_range=(5, 1))
+
+
+# ----------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("form", ["default", "merged"])
+@pytest.mark.parametrize("p", [1, 2, 3])
+@pytest.mark.parametrize("attn,lam,scale", [("relu", 0.0, 1.0), ("linear", 0.5, 1e-3), ("relu", 0.2, 1e3)])
+def test_equals_newton_with_alpha_of(form, p, attn, lam, scale):
+    X, y, xq = _prompts(4, 9, 4, seed=p, scale=scale)
+    lam = lam * scale * scale
+    m = build_newton_transformer(4, 5, "adaptive", form=form, alpha_trace=p, attn=attn, lam=lam)
+    a = m.alpha_of(X)
+    ref = newton_predict(X, y, xq, 5, a, lam=lam)
+    assert _rel(m.predict(X, y, xq), ref) <= 1e-12
+    S = X.transpose(1, 2) @ X + lam * torch.eye(4, dtype=F64)
+    lm = torch.linalg.eigvalsh(S)[:, -1]
+    assert float((a * lm * lm).max()) <= ALPHA_C * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("p", [1, 3])
+def test_alpha_and_tau_slots_match_the_independent_mirror(p):
+    X, y, xq = _prompts(3, 6, 3, seed=7, scale=20.0)
+    m = build_newton_transformer(3, 2, "adaptive", alpha_trace=p, lam=0.3)
+    r = m.residual_streams(X, y, xq)  # (L+1, B, T, D)
+    reg = m.spec.n_ridge
+    after = r[m.spec.alpha_layers]  # after the layer that writes α
+    tau = after[:, reg, m.layout["tau"]][:, 0]
+    alpha = after[:, reg, m.layout["alpha"]][:, 0]
+    assert _rel(tau, trace_power(X, p, 0.3)) <= 1e-13
+    assert _rel(alpha, m.alpha_of(X)) <= 1e-13
+    others = torch.ones(r.shape[2], dtype=torch.bool)
+    others[reg] = False
+    assert float(after[:, others][..., m.layout["alpha"]].abs().max()) == 0.0  # α lives on the register only
+
+
+def test_looped_predict_all_and_checkpoint(tmp_path):
+    X, y, xq = _prompts(2, 7, 3, seed=3, scale=5.0)
+    m = build_newton_transformer(3, 4, "adaptive", form="merged")
+    assert _rel(m.looped().predict(X, y, xq), m.predict(X, y, xq)) <= 1e-13
+    m.save(tmp_path / "m")
+    m2 = load_model(tmp_path / "m")
+    assert m2.spec == m.spec and m2.spec.alpha_range == m.spec.alpha_range
+    assert torch.equal(m2.predict(X, y, xq), m.predict(X, y, xq))
+    # predict_all: prefix t uses α of its own prefix (the register sums only visible tokens)
+    P = m.predict_all(X, y)
+    for t in (1, 4, 6):
+        a = m.alpha_of(X[:, :t])
+        assert _rel(P[:, t], newton_predict(X[:, :t], y[:, :t], X[:, t], 4, a)) <= 1e-12
+    assert float(P[:, 0].abs().max()) == 0.0
+
+
+def test_out_of_range_raises_and_zero_data_predicts_zero():
+    m = build_newton_transformer(2, 3, "adaptive")
+    X, y, xq = _prompts(2, 5, 2)
+    with pytest.raises(AlphaRangeError, match="Rescale X"):
+        m.predict(X * 1e-25, y, xq)
+    with pytest.raises(AlphaRangeError):
+        m.predict(X * 1e30, y, xq)
+    with pytest.raises(AlphaRangeError):
+        m.alpha_of(X * 1e30)
+    out = m.predict(torch.zeros(2, 5, 2, dtype=F64), y, xq)
+    assert torch.equal(out, torch.zeros(2, dtype=F64))
+
+
+def test_float32_model_and_cast_guard():
+    X, y, xq = _prompts(3, 8, 3, seed=1, scale=3.0)
+    m32 = build_newton_transformer(3, 5, "adaptive", dtype=torch.float32)
+    assert m32.spec.alpha_range == default_range(torch.float32)
+    ref = newton_predict(X, y, xq, 5, m32.alpha_of(X))
+    assert _rel(m32.predict(X.float(), y.float(), xq.float()).double(), ref) <= 1e-4
+    m64 = build_newton_transformer(3, 5, "adaptive").to(torch.float32)
+    with pytest.raises(ValueError, match="rebuild with dtype=torch.float32"):
+        m64.predict(X.float(), y.float(), xq.float())
+
+
+def test_fixed_alpha_model_alpha_of():
+    X, _, _ = _prompts(2, 5, 3)
+    assert torch.equal(build_newton_transformer(3, 2, 0.01).alpha_of(X), torch.full((2,), 0.01, dtype=F64))
+    a = build_newton_transformer(3, 2, 0.01, normalize=True).alpha_of(X)
+    assert torch.allclose(a, torch.full((2,), 0.01 / 36, dtype=F64), rtol=1e-15)
+
+
+# ----------------------------------------------------------------------------- never diverges (done criterion)
+STATS: collections.Counter = collections.Counter()
+
+
+def _never_diverges_case(d, X, y, xq, k, form, attn, p, lam):
+    """The done criterion on one batch of prompts; returns nothing, records STATS."""
+    m = build_newton_transformer(d, k, "adaptive", form=form, attn=attn, alpha_trace=p, lam=lam)
+    a = m.alpha_of(X)
+    S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)
+    lm = torch.linalg.eigvalsh(S)[:, -1]
+    assert float((a * lm * lm).max()) <= ALPHA_C * (1 + 1e-9) < 2
+    try:
+        pred = m.predict(X, y, xq)  # never AlphaDivergenceError
+    except AlphaDivergenceError as e:  # pragma: no cover - the failure we test against
+        pytest.fail(f"adaptive model raised AlphaDivergenceError: {e}")
+    assert torch.isfinite(pred).all()
+    ref = newton_predict(X, y, xq, k, a, lam=lam)
+    for b in range(X.shape[0]):
+        STATS["prompts"] += 1
+        err = abs(float(pred[b] - ref[b]))
+        if err <= 1e-10 * abs(float(ref[b])) or (ref[b] == 0 and pred[b] == 0):
+            STATS["equal"] += 1
+            continue
+        # Is Newton-k itself well defined in float64 here?  Compare the float64 recurrence with
+        # the exact rational one (same α, same float inputs taken exactly).
+        exact = float(newton_exact(X[b].tolist(), y[b].tolist(), xq[b].tolist(), Fraction(float(a[b])), k,
+                                   Fraction(lam))[0])
+        if abs(float(ref[b]) - exact) > 1e-12 * abs(exact):
+            STATS["newton_ill_defined_in_float64"] += 1
+            continue
+        pytest.fail(f"prompt {b}: network {float(pred[b])!r} vs Newton-k {float(ref[b])!r} (exact {exact!r}), "
+                    f"rel {err / abs(float(ref[b])):.2e}; d={d} n={X.shape[1]} k={k} {form} {attn} p={p} lam={lam}")
+
+
+@st.composite
+def _cases(draw):
+    d = draw(st.integers(1, 6))
+    X, y, xq = draw(prompts(d=d, max_n=4 * d, max_log_scale=4.0, max_kappa=1e4))
+    k = draw(st.integers(2, 7))
+    form = draw(st.sampled_from(["default", "merged"]))
+    attn = draw(st.sampled_from(["relu", "linear"]))
+    p = draw(st.sampled_from([3, 3, 2, 1]))
+    lam = 0.0
+    if draw(st.integers(0, 3)) == 0:
+        lam = 10.0 ** draw(st.floats(-3.0, 0.0)) * float((X * X).sum((1, 2)).mean()) / d
+    return d, X, y, xq, k, form, attn, p, lam
+
+
+@settings(max_examples=100)
+@given(_cases())
+def test_never_diverges_and_equals_newton(case):
+    _never_diverges_case(*case)
+
+
+@pytest.mark.slow
+@settings(max_examples=1250)
+@given(_cases())
+def test_never_diverges_and_equals_newton_2000_prompts(case):
+    """≥ 2,000 prompts (B is 1–3 per draw); run with -s to see the counts."""
+    _never_diverges_case(*case)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _report_stats():
+    yield
+    if STATS:
+        print(f"\nadaptive never-diverges check: {dict(STATS)}")
+
+
+# ----------------------------------------------------------------------------- verifiers
+@pytest.mark.parametrize("form", ["default", "merged"])
+def test_verify_model_checks_every_slot_including_alpha(form):
+    from verify import Report, verify_model
+
+    X, y, xq = _prompts(2, 6, 3, seed=11, scale=40.0)
+    m = build_newton_transformer(3, 4, "adaptive", form=form, lam=0.5)
+    r = verify_model(m, X, y, xq)
+    assert r.passed and r.alpha.adaptive and r.alpha.max_ratio <= ALPHA_C
+    L = m.n_layers
+    assert {row.slot for row in r.rows if row.layer == L - 1} >= {"u", "v", "one", "tau", "alpha", "out"}
+    assert r.row(1, "alpha").scale > 0 and r.row(0, "alpha").max_abs == 0
+    assert Report.from_json(r.to_json()).alpha.adaptive
+    # a wrong α MLP weight is caught at the α slot of the trace layer, before any Newton layer
+    # (unit j: the second with kink b_j above the largest τ, so active and significant on every prompt)
+    tau = float(trace_power(X, 3, 0.5).max())
+    j = int(np.searchsorted(np.asarray(m.spec.pl.kinks), tau)) + 1
+    with torch.no_grad():
+        m.transformer.blocks[1].mlp.W_out[j, m.layout["alpha"]] *= 1.001
+    bad = verify_model(m, X, y, xq)
+    assert not bad.passed and bad.first_failure.layer == 1 and bad.first_failure.slot == "alpha"
+
+
+@pytest.mark.parametrize("form", ["default", "merged"])
+@pytest.mark.parametrize("p", [1, 3])
+def test_exact_rational_check(form, p):
+    from verify import exact_check, random_rational_prompt
+
+    m = build_newton_transformer(3, 3, "adaptive", form=form, alpha_trace=p, lam=0.5)
+    X, y, xq = random_rational_prompt(3, 4, seed=p)
+    r = exact_check(m, X, y, xq)
+    assert r.passed, r.message
+    assert r.alpha_eff == pl_alpha_exact_ref(m, X)  # the α of the check is the spec's PL value, exactly
+    r2 = exact_check(m, X, y, xq, alpha=r.alpha_eff * Fraction(1001, 1000))
+    assert not r2.passed and r2.failing_slot == "alpha"
+
+
+def pl_alpha_exact_ref(m, X):
+    """f(τ) exactly, written here from the module formula (independent of verify.rational)."""
+    S = [[sum((Fraction(r[i]) * Fraction(r[j]) for r in X), Fraction(0)) for j in range(m.d)] for i in range(m.d)]
+    lam = Fraction(math.sqrt(m.spec.lam)) ** 2
+    S = [[S[i][j] + (lam if i == j else 0) for j in range(m.d)] for i in range(m.d)]
+    P = S
+    for _ in range(m.spec.alpha_trace - 1):
+        P = [[sum(P[i][e] * S[e][j] for e in range(m.d)) for j in range(m.d)] for i in range(m.d)]
+    tau = sum(P[i][i] for i in range(m.d))
+    fn = m.spec.pl
+    return sum(Fraction(w) * max(Fraction(b) - tau, Fraction(0)) for b, w in zip(fn.kinks, fn.weights))
+
+
+@pytest.mark.parametrize("form,p", [("default", 3), ("merged", 1)])
+def test_symbolic_check_alpha_as_a_symbol(form, p):
+    from verify import symbolic_check
+
+    m = build_newton_transformer(2, 2, "adaptive", form=form, alpha_trace=p)
+    r = symbolic_check(m, 2)
+    assert r.passed and r.error == "" and r.degree == r.expected_degree == 2 ** 4 + 1 + 2 ** 2
+    assert any("PL function exactly" in note for note in r.notes)
+    # a wrong scale head (the α multiply) is a wrong polynomial identity
+    with torch.no_grad():
+        m.transformer.blocks[2].attn.W_O[0] *= 1.5
+        m.transformer.blocks[2].attn.W_O[1] *= 1.5
+    assert not symbolic_check(m, 2).passed
+    # a PL weight that is not the spec's is refused by name
+    m2 = build_newton_transformer(2, 2, "adaptive", form=form, alpha_trace=p)
+    with torch.no_grad():
+        m2.transformer.blocks[m2.spec.alpha_layers - 1].mlp.W_out[3, m2.layout["alpha"]] *= 2  # inactive unit: still refused
+    r3 = symbolic_check(m2, 2)
+    assert not r3.passed and "PL function" in r3.error

@@ -1,0 +1,120 @@
+"""Every fast forward path against the previous implementation (construct.reference_forward), float64."""
+
+import itertools
+
+import pytest
+import torch
+
+from construct import build_newton_transformer, safe_alpha
+from construct.reference_forward import reference_forward, reference_predict_all
+from construct.regressor import GargConfig, GargRegressor
+from construct.transformer import Transformer, TransformerConfig
+
+RTOL = 1e-12
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _random_transformer(seed, **kw):
+    cfg = TransformerConfig(**{"d_model": 12, "n_layers": 3, "n_heads": 3, "d_head": 4, "d_in": 5, "d_out": 2, **kw})
+    tf = Transformer(cfg).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in tf.parameters():
+            p.copy_(0.4 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return tf
+
+
+@pytest.mark.parametrize("attn,causal,norm,keymask,scale", [
+    c for c in itertools.product(("softmax", "relu", "linear"), (False, True), (False, True), (False, True), (None, 0.7))
+    if not (c[0] == "softmax" and c[2])
+])
+def test_transformer_forward_equals_reference(attn, causal, norm, keymask, scale):
+    tf = _random_transformer(1, attn=attn, causal=causal, attn_norm=norm, attn_scale=scale, mlp="gelu",
+                             layernorm=attn == "softmax", max_len=9, n_prefix=2, n_blocks=2, schedule=(0, 1, 0))
+    g = torch.Generator().manual_seed(2)
+    tok = torch.randn(4, 7, 5, generator=g, dtype=torch.float64)
+    km = None
+    if keymask:
+        km = torch.rand(4, 7, generator=g) > 0.4
+        km[:, -1] = True
+        km[0] = False  # a prompt whose tokens are all hidden (only prefix keys remain)
+    with torch.no_grad():
+        fast, ref = tf(tok, km), reference_forward(tf, tok, km)
+    assert torch.isfinite(fast).all()
+    assert _rel(fast, ref) < RTOL
+
+
+def test_softmax_with_rows_that_see_no_key():
+    tf = _random_transformer(3, attn="softmax", causal=True, layernorm=True)
+    tok = torch.randn(2, 5, 5, dtype=torch.float64)
+    km = torch.ones(2, 5, dtype=torch.bool)
+    km[:, 0] = False  # the first query sees no key at all: its attention output is 0, not NaN
+    with torch.no_grad():
+        fast, ref = tf(tok, km), reference_forward(tf, tok, km)
+    assert torch.isfinite(fast).all()
+    assert _rel(fast, ref) < RTOL
+
+
+def test_training_gradients_equal_reference():
+    torch.manual_seed(0)
+    m = GargRegressor(GargConfig(d=3, n_points=6, n_layers=2, n_heads=2, d_model=16)).double()
+    X, y = torch.randn(4, 6, 3, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    tok = m._tokens(X, y, 6)
+    grads = []
+    for fwd in (lambda t: m.transformer(t), lambda t: reference_forward(m.transformer, t)):
+        m.zero_grad()
+        (fwd(tok)[:, ::2, 0] - y).pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+    assert _rel(grads[0], grads[1]) < 1e-11
+
+
+@pytest.mark.parametrize("form,attn,normalize,lam,looped", [
+    ("default", "relu", False, 0.0, False), ("default", "linear", True, 0.5, False),
+    ("default", "relu", True, 0.3, True), ("merged", "relu", False, 0.0, False),
+    ("merged", "linear", True, 0.2, True), ("merged", "relu", True, 0.7, False),
+])
+def test_newton_forward_and_predict_all_equal_reference(form, attn, normalize, lam, looped):
+    g = torch.Generator().manual_seed(5)
+    B, n, d, k = 3, 9, 3, 4
+    X = torch.randn(B, n, d, generator=g, dtype=torch.float64)
+    y = X @ torch.randn(d, generator=g, dtype=torch.float64) + 0.1 * torch.randn(B, n, generator=g, dtype=torch.float64)
+    xq = torch.randn(B, d, generator=g, dtype=torch.float64)
+    alpha = float(safe_alpha(X).min()) * ((n + 1 + (d if lam else 0)) ** 2 if normalize else 1.0)
+    m = build_newton_transformer(d, k, alpha, attn=attn, normalize=normalize, lam=lam, form=form, looped=looped)
+    with torch.no_grad():
+        ref = reference_forward(m.transformer, m.encode(X, y, xq))[:, -1, 0]
+    assert _rel(m.predict(X, y, xq, check_alpha="ignore"), ref) < RTOL
+    assert _rel(m.predict_all(X, y, check_alpha="ignore"), reference_predict_all(m, X, y)) < RTOL
+
+
+@pytest.mark.parametrize("attn", ["relu", "linear"])
+def test_relu_linear_gradients_equal_reference(attn):
+    """In-place ReLUs (attention and MLP) keep autograd right."""
+    tf = _random_transformer(7, attn=attn, causal=False, attn_norm=True, mlp="relu", layernorm=False, bias=False)
+    tok = torch.randn(3, 6, 5, dtype=torch.float64)
+    km = torch.rand(3, 6) > 0.3
+    grads = []
+    for fwd in (lambda: tf(tok, km), lambda: reference_forward(tf, tok, km)):
+        tf.zero_grad()
+        fwd().pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in tf.parameters()]))
+    assert _rel(grads[0], grads[1]) < 1e-11
+
+
+def test_sparse_hand_set_weights_take_the_slot_path():
+    """Newton weights read few slots: inference reads only those (and still equals the reference)."""
+    from construct.transformer import _used_runs
+
+    m = build_newton_transformer(6, 3, 0.01)
+    W, _ = m.transformer.blocks[1].attn.qkv_weight()
+    with torch.no_grad():
+        runs = _used_runs(W)
+    L = m.layout
+    assert runs == sorted([(L["x"].start, L["x"].stop), (L["u"].start, L["u"].stop)])
+    assert _used_runs(W) is None  # autograd on: dense path
+    dense = torch.randn(10, 12, dtype=torch.float64)
+    with torch.no_grad():
+        assert _used_runs(dense) is None
