@@ -314,8 +314,13 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
             model = cls.from_config_dict(meta["config"])
     except (TypeError, ValueError, KeyError, OverflowError, RecursionError) as e:
         raise CheckpointError(f"checkpoint config in {str(path)!r} is invalid: {e}") from None
-    except RuntimeError as e:  # torch refusing a size
-        raise CheckpointError(f"checkpoint config in {str(path)!r} asks for impossible sizes: {e}") from None
+    except RuntimeError:
+        # a builder that computes with its weights (e.g. alpha="adaptive") cannot run on the meta
+        # device; its config has passed the dataclass size caps by now, so build it for real
+        try:
+            model = cls.from_config_dict(meta["config"])
+        except (TypeError, ValueError, KeyError, OverflowError, RecursionError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint config in {str(path)!r} is invalid: {e}") from None
     n_params = sum(v.numel() for v in model.state_dict().values())
     if n_params > MAX_PARAMS:
         raise CheckpointError(

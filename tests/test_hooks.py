@@ -102,7 +102,7 @@ def test_transformerlens_style_hook_code_runs_unchanged():
         return name.endswith("hook_pattern")
 
     for model, args, n_tok in (
-        (build_newton_transformer(3, 2, 0.05), _prompts(B=2, n=5, d=3), 6),
+        (build_newton_transformer(3, 2, float(safe_alpha(_prompts(B=2, n=5, d=3)[0]).min())), _prompts(B=2, n=5, d=3), 6),
         (_garg(), _prompts(B=2, n=5, d=3)[:2], 10),
     ):
         H = model.transformer.cfg.n_heads
@@ -216,8 +216,8 @@ def test_hooks_removed_on_exit_even_after_an_error():
 
 # ---------------------------------------------------------------------------------- deprecations
 def test_old_names_and_conventions_warn_but_work():
-    m = build_newton_transformer(2, 2, 0.05)
     X, y, xq = _prompts(B=2, n=4, d=2)
+    m = build_newton_transformer(2, 2, float(safe_alpha(X).min()))  # run_with_cache checks divergence
     _, c = m.run_with_cache(X, y, xq)
     got = {}
 
