@@ -23,6 +23,8 @@ Writes ``cost.json`` and ``cost.md`` to ``--out`` (default benchmarks/results/ad
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import json
 import math
 import time
@@ -113,7 +115,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=2000)
     ap.add_argument("--dims", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--c", type=float, nargs="+", default=[ALPHA_C], help="constants c to compare (default: the built-in one)")

@@ -12,6 +12,8 @@ Needs the ``lens`` extra.  Takes about 20 s on one CPU (most of it importing Tra
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import json
 import math
 from pathlib import Path
@@ -77,8 +79,8 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.lens", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--out", default="benchmarks/results/lens", help="output folder")
     ap.add_argument("--n", type=int, default=10, help="examples in the prompt")
     ap.add_argument("--seed", type=int, default=0, help="prompt seed")

@@ -41,6 +41,8 @@ Outputs in ``OUT``: ``perf.json``, ``perf.csv`` (section, item, seconds, ratio),
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import json
 import math
@@ -388,7 +390,7 @@ _register()
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.perf", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small workloads (seconds; ratios not meaningful)")
     ap.add_argument("--out", default="results/perf", help="output folder (default results/perf)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every path (default 1)")

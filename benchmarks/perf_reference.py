@@ -31,6 +31,8 @@ numpy loop and the batched paths are compared on equal hardware).  Run::
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import json
 import math
@@ -285,7 +287,7 @@ def _write(res: dict, out: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf_reference", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.perf_reference", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small smoke workload (a few seconds; ratios not meaningful)")
     ap.add_argument("--dense", action="store_true", help="GD at every step 1..1300 instead of the paper's 27-point grid")
     ap.add_argument("--out", type=Path, default=None, help="directory for perf_reference.json / .csv")

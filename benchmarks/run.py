@@ -32,6 +32,8 @@ experiments' helpers under their old names, so ``from benchmarks.run import ...`
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import dataclasses
 import json
 import platform
@@ -147,7 +149,7 @@ def _summary_md(ctx: Context, meta: dict, results: dict) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     load_experiments(EXTRA_EXPERIMENT_MODULES)
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu", help="which shipped checkpoints: benchmarks/checkpoints/{PRESET} and lstm-{PRESET}")
     ap.add_argument("--out", default="results", help="output folder (default: results/)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and sanity checks (CI)")

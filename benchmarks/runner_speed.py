@@ -13,6 +13,8 @@ Nothing here is imported by the runner; it is a measuring tool for issue 13.
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import json
 import os
 import re
@@ -72,7 +74,7 @@ def _run(src: Path, out: Path, args: list[str]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.runner_speed", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.runner_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", required=True, help="git revision of the old runner")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default=None, help="experiments for both runners (default: all of the old one's)")

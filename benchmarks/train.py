@@ -42,6 +42,8 @@ evaluates and writes.
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import dataclasses
 import hashlib
@@ -700,11 +702,11 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", required=True, help=f"one of {sorted(PRESETS)}")
     ap.add_argument("--out", required=True, help="output folder (model, checkpoints, log.csv)")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train")
     ap.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     ap.add_argument("--steps", type=int, default=None, help="override train_steps")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any TrainConfig field")

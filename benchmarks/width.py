@@ -52,6 +52,8 @@ model on the same eval prompts and adds it as a separate, clearly labelled point
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import json
 import math
@@ -527,7 +529,7 @@ _register()
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.width", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.width", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny models, 30 steps (seconds; code path only)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/width; required with --quick)")
     ap.add_argument("--minutes-per-width", type=float, default=None,

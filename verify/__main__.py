@@ -14,6 +14,8 @@ that is not a hand-built Newton network, bad options); errors go to stderr witho
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import dataclasses
 import math
 import sys
@@ -77,7 +79,7 @@ def _scale(s: str) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m verify", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("model_dir", metavar="DIR", help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--prompts", type=_positive_int, default=8, metavar="B",
