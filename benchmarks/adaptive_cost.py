@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts
 from construct.adaptive import ALPHA_C, TRACE_POWERS, pl_alpha, pl_function, trace_power
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     res["seconds"] = time.perf_counter() - t0
     res["command"] = "python -m benchmarks.adaptive_cost " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cost.json").write_text(json.dumps(res, indent=1))
+    (args.out / "cost.json").write_text(dumps_strict(res, indent=1))
     md = markdown(res)
     (args.out / "cost.md").write_text(md + "\n")
     print(md)

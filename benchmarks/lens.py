@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 import torch
+from construct.checkpoint import dumps_strict
 
 HERE = Path(__file__).resolve().parent
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data = patterns(a.n, a.seed)
-    (out / "patterns.json").write_text(json.dumps(data, allow_nan=False) + "\n")
+    (out / "patterns.json").write_text(dumps_strict(data) + "\n")
     plot(data, out / "patterns.png")
     for name, m in data["models"].items():
         print(f"{name}: prediction TL {m['prediction_tl']:.9g}  ours {m['prediction_ours']:.9g}")

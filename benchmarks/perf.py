@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts
 from benchmarks.perf_reference import PAPER_GD_STEPS, PAPER_NEWTON_STEPS, time_reference_paths
@@ -344,7 +345,7 @@ def markdown(res: dict) -> str:
 
 
 def write_outputs(res: dict, out: Path) -> list[Path]:
-    (out / "perf.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "perf.json").write_text(dumps_strict(res, indent=1) + "\n")
     with open(out / "perf.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["section", "item", "workload", "seconds", "speedup_vs_tight_loop", "speedup_vs_official_pattern", "other"])

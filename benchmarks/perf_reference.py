@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from construct.alpha import alpha_from_rule
 from verify.reference import gd_predictions, newton_predictions, prefix_spectrum
@@ -275,7 +276,7 @@ def format_table(res: dict) -> str:
 
 def _write(res: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "perf_reference.json").write_text(json.dumps(res, indent=2))
+    (out / "perf_reference.json").write_text(dumps_strict(res, indent=2))
     with open(out / "perf_reference.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "algorithm", "seconds", "speedup_vs_loop", "speedup_vs_official_pattern"])

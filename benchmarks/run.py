@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.experiments import load_experiments
 from benchmarks.experiments.common import (FIG_DPI, error_ylim, md_table, plain as _plain, pyplot as _plt,  # noqa: F401
@@ -237,7 +238,7 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
     ctx.check("all_numbers_finite", not ctx.nonfinite, nonfinite=ctx.nonfinite[:20])
     plain["checks"] = _plain(ctx.checks, "checks", [])
     meta["wall_s"] = plain["meta"]["wall_s"] = time.perf_counter() - t_start
-    (out / "summary.json").write_text(json.dumps(plain, indent=1) + "\n")
+    (out / "summary.json").write_text(dumps_strict(plain, indent=1) + "\n")
     (out / "summary.md").write_text(_summary_md(ctx, meta, results))
     failed = [k for k, v in ctx.checks.items() if not v["ok"]]
     print(f"benchmarks: {len(results)} experiment(s) in {meta['wall_s']:.1f} s -> {out}/summary.md"

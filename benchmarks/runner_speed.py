@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from construct.checkpoint import dumps_strict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                "median_wall_s": {k: v[0] for k, v in med.items()}, "median_cpu_s": {k: v[1] for k, v in med.items()},
                "speedup_wall": med["old"][0] / med["new"][0], "speedup_cpu": med["old"][1] / med["new"][1],
                "outputs": cmp, "load_average": os.getloadavg()}
-        print(json.dumps(res, indent=1))
+        print(dumps_strict(res, indent=1))
         return 0 if not cmp["different"] and not cmp["only_old"] else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts
 from construct.validate import config_from_dict
@@ -549,11 +550,18 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     step_delay: float = 0.0,
+    print_summary: bool = True,
 ) -> dict:
-    """Run (or resume) training; returns a summary dict.  See the module docstring."""
+    """Run (or resume) training; returns a summary dict.  See the module docstring.
+
+    ``print_summary``: print the summary as one JSON line on stdout (the CLI's output); callers
+    that run training as a sub-step (the width ablation inside ``benchmarks.run``) pass False so
+    their own stdout stays theirs.
+    """
     dist = _init_distributed(device)
     try:
-        return _train(cfg, RunDir(out), resume, max_minutes, _resolve_device(device, dist), dist, progress, step_delay)
+        return _train(cfg, RunDir(out), resume, max_minutes, _resolve_device(device, dist), dist, progress, step_delay,
+                      print_summary)
     finally:
         if dist.world > 1:
             import torch.distributed as tdist
@@ -563,7 +571,7 @@ def train(
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, max_minutes: float | None, dev: torch.device,
-           dist: Dist, progress: bool, step_delay: float) -> dict:
+           dist: Dist, progress: bool, step_delay: float, print_summary: bool = True) -> dict:
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size={cfg.batch_size} does not split evenly across {dist.world} processes")
     if max_minutes is not None and not max_minutes > 0:
@@ -682,8 +690,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, max_minutes: float | Non
         status = "already finished"
     summary = {"status": status, "step": step, "wall_seconds": wall(), "eval_nmse_last": last[0],
                "eval_nmse_avg": last[1], "out": str(run.out)}
-    if dist.main:
-        print(json.dumps(summary), flush=True)
+    if dist.main and print_summary:
+        print(dumps_strict(summary), flush=True)
     return summary
 
 
@@ -734,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
             from construct.checkpoint import load_model
 
             res = compare_with_baselines(load_model(args.out).eval(), cfg, prompts=args.eval_prompts)
-            print(json.dumps({"preset": cfg.preset, "d": cfg.d, "n_points": cfg.n_points, "prompts": args.eval_prompts,
+            print(dumps_strict({"preset": cfg.preset, "d": cfg.d, "n_points": cfg.n_points, "prompts": args.eval_prompts,
                               **{k: {kk: vv for kk, vv in v.items()} for k, v in res.items()}}, indent=1))
             return 0
         train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes, device=args.device,

@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts, zero_predictor_mse
 from benchmarks.train import PRESETS, TrainConfig, build_model, evaluate, train, training_batch
@@ -269,7 +270,7 @@ def run_width_ablation(out_dir: str | os.PathLike, quick: bool = False, *, width
             if run.exists():
                 shutil.rmtree(run)
             with torch.enable_grad():
-                res = train(cfg, run, max_minutes=cap, progress=progress)
+                res = train(cfg, run, max_minutes=cap, progress=progress, print_summary=False)
             model = load_model(run).eval()
             with torch.no_grad():
                 pp = evaluate(model, X.to(torch.float32), y.to(torch.float32), d)
@@ -349,7 +350,7 @@ def add_reference_checkpoint(out_dir: str | os.PathLike, checkpoint: str | os.Pa
 # ====================================================================== files
 def write_outputs(result: dict, out: Path, logs: dict | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "width.json").write_text(json.dumps(_plain(result), indent=1) + "\n")
+    (out / "width.json").write_text(dumps_strict(_plain(result), indent=1) + "\n")
     header = ["model", "width", "heads", "layers", "params", "steps", "nmse_last", "nmse_avg", "excess_last_vs_ols",
               "train_seconds", "status"]
     with open(out / "width.csv", "w", newline="") as f:

@@ -21,6 +21,7 @@ import math
 import sys
 
 import torch
+from construct.checkpoint import dumps_strict
 
 DESCRIPTION = """\
 Verify a saved hand-built Newton transformer (a folder written by model.save(DIR)).
@@ -129,7 +130,7 @@ def _proof_modes(args, model) -> int:
                           f"with d={model.d}, n={n} (degree {r.degree}, {r.terms} terms, {r.time:.2f} s)")
         results.append(("symbolic", r.passed, msg, None))
     if args.json:
-        print(json.dumps({"checkpoint": str(args.model_dir),
+        print(dumps_strict({"checkpoint": str(args.model_dir),
                           "results": [{"mode": m, "passed": ok, "message": msg} for m, ok, msg, _ in results]}, indent=2))
     else:
         for mode, ok, msg, text in results:
