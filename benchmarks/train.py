@@ -741,7 +741,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_only:
             from construct.checkpoint import load_model
 
-            res = compare_with_baselines(load_model(args.out).eval(), cfg, prompts=args.eval_prompts)
+            t0 = time.perf_counter()
+            print(f"eval-only: loading {args.out}", file=sys.stderr, flush=True)
+            model = load_model(args.out).eval()
+            print(f"eval-only: {type(model).__name__}; model, OLS and zero predictor on {args.eval_prompts} "
+                  f"fresh {cfg.preset} prompts (n={cfg.n_points}, d={cfg.d}) ...", file=sys.stderr, flush=True)
+            res = compare_with_baselines(model, cfg, prompts=args.eval_prompts)
+            print(f"eval-only: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
             print(dumps_strict({"preset": cfg.preset, "d": cfg.d, "n_points": cfg.n_points, "prompts": args.eval_prompts,
                               **{k: {kk: vv for kk, vv in v.items()} for k, v in res.items()}}, indent=1))
             return 0

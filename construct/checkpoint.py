@@ -193,16 +193,41 @@ def _resolve_kind(kind: str) -> type[SavableModel]:
     return _KINDS[kind]
 
 
+def _shipped_checkpoint(path: Path) -> Path | None:
+    """A bare name such as ``"cpu"`` that is no folder here names a checkpoint shipped in ``benchmarks``."""
+    if len(path.parts) != 1:
+        return None
+    try:
+        import benchmarks
+    except ImportError:  # pragma: no cover - construct installed without the benchmarks package
+        return None
+    return benchmarks.checkpoint_path(path.name) if path.name in benchmarks.checkpoint_names() else None
+
+
+def _shipped_hint() -> str:
+    try:
+        import benchmarks
+    except ImportError:  # pragma: no cover
+        return ""
+    names = benchmarks.checkpoint_names()
+    return f" (shipped checkpoints load by name: {names})" if names else ""
+
+
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> SavableModel:
     """Load any model saved by this project from its folder (``config.json`` + ``model.safetensors``).
 
+    ``path`` may also be the name of a checkpoint shipped with the package (``"cpu"``, ``"d10"``, ...;
+    see ``benchmarks.checkpoint_names()``) when no folder of that name exists here.
     ``dtype`` converts the weights (e.g. ``torch.float64``); by default they keep the saved dtype.
     Raises :class:`CheckpointError` (a ``ValueError``) naming the problem for a missing, corrupt or
     foreign checkpoint.
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}: folder not found")
+        shipped = _shipped_checkpoint(path)
+        if shipped is None:
+            raise CheckpointError(f"no checkpoint at {str(path)!r}: folder not found{_shipped_hint()}")
+        path = shipped
     if not path.is_dir():
         raise CheckpointError(
             f"{str(path)!r} is a file; a checkpoint is a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}"

@@ -19,6 +19,7 @@ from construct.cli import HelpFormatter
 import dataclasses
 import math
 import sys
+import time
 
 import torch
 from construct.checkpoint import dumps_strict
@@ -173,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     from .numeric import verify_model
 
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    t0 = time.perf_counter()
+
+    def progress(msg: str) -> None:  # on stderr, so stdout stays the report (and --json stays JSON)
+        print(f"verify [{time.perf_counter() - t0:5.1f} s] {msg}", file=sys.stderr, flush=True)
+
     try:
+        progress(f"loading {args.model_dir}")
         try:
             model = load_model(args.model_dir, dtype=dtype)
         except CheckpointError as e:
@@ -184,14 +191,19 @@ def main(argv: list[str] | None = None) -> int:
                 "not a hand-built Newton network; only those have slot invariants to verify"
             )
         if args.certify or args.exact or args.symbolic:
+            modes = [m for m in ("certify", "exact", "symbolic") if getattr(args, m)]
+            progress(f"{type(model).__name__} with {model.n_layers} layers; proving: {', '.join(modes)}")
             try:
                 return _proof_modes(args, model)
             except (TypeError, ValueError) as e:
                 raise _UsageError(str(e)) from None
         args.n = args.n or 20
         X, y, xq, scale = draw_prompts(model, args.prompts, args.n, args.seed, args.scale)
+        progress(f"{type(model).__name__} with {model.n_layers} layers; checking every slot of every layer "
+                 f"on {args.prompts} prompt(s) of n={args.n}")
         report = verify_model(model, X, y, xq, rtol=args.rtol, condition_aware=args.condition_aware,
                               check_alpha="fail")
+        progress("done")
     except _UsageError as e:
         print(f"python -m verify: error: {e}", file=sys.stderr)
         return 2
