@@ -429,13 +429,15 @@ class Transformer(HookedMixin, nn.Module):
 
     # ------------------------------------------------------------------ hooks
     def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
-                         return_output: bool = False):
+                         return_output: bool = False, stack: bool = True):
         """Residual stream after the read-in and after every layer: (L+1, B, P+N, D).
 
-        ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run.
+        ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run;
+        ``stack=False`` gives the L + 1 streams as a list (no copy into one tensor).
         """
         L = self.cfg.n_layers
         want = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
         out, cache = self.run_with_cache(tokens, key_mask, names_filter=want)
-        streams = torch.stack([cache[n] for n in want])
+        streams = [cache[n] for n in want]
+        streams = torch.stack(streams) if stack else streams
         return (streams, out) if return_output else streams
