@@ -316,6 +316,12 @@ def test_certify_gd(kw):
         assert cert.passed, cert.message
         assert any(f"(1 − η·S)^{steps}" in f for f in cert.facts) or steps == 0
         assert steps == 0 or f"P{str(steps).translate(str.maketrans('0123456789', '₀₁₂₃₄₅₆₇₈₉'))}" in cert.table()
+    if not kw:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            build(2, 4, 0.01).save(tmp + "/gd")
+            assert main([tmp + "/gd", "--certify"]) == 0
+            assert main([tmp + "/gd", "--exact"]) == 2  # the rational check runs Newton models only
     m = build(3, 5, 0.01, **kw)
     with torch.no_grad():
         w = m.transformer.blocks[m.transformer.cfg.layer_schedule[2]].attn.W_O
