@@ -178,12 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(args.model_dir, dtype=dtype)
         except CheckpointError as e:
             raise _UsageError(str(e)) from None
-        if not isinstance(model, NewtonTransformer):
+        from construct.model import HandBuiltModel
+
+        proof = args.certify or args.exact or args.symbolic
+        if not isinstance(model, NewtonTransformer) and not (proof and isinstance(model, HandBuiltModel)):
             raise _UsageError(
                 f"{args.model_dir!r} holds a {type(model).__name__} (kind {getattr(model, 'kind', '?')!r}), "
                 "not a hand-built Newton network; only those have slot invariants to verify"
+                + ("" if proof else " (a hand-built GD network can be proven with --certify)")
             )
-        if args.certify or args.exact or args.symbolic:
+        if proof:
             try:
                 return _proof_modes(args, model)
             except (TypeError, ValueError) as e:
