@@ -46,6 +46,8 @@ Outputs in ``OUT``: ``perf.json``, ``perf.csv`` (section, item, seconds, ratio),
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import json
 import math
@@ -57,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts
 from benchmarks import perf_targets
@@ -380,7 +383,7 @@ def markdown(res: dict) -> str:
 
 
 def write_outputs(res: dict, out: Path) -> list[Path]:
-    (out / "perf.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "perf.json").write_text(dumps_strict(res, indent=1) + "\n")
     with open(out / "perf.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["section", "item", "workload", "seconds", "speedup_vs_tight_loop", "speedup_vs_official_pattern", "other"])
@@ -426,7 +429,7 @@ _register()
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.perf", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small workloads (seconds; ratios not meaningful)")
     ap.add_argument("--out", default="results/perf", help="output folder (default results/perf)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every path (default 1)")
