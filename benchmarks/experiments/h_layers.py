@@ -10,7 +10,8 @@ prompt and prefix.  Mirrors the paper's error-vs-layer figure (Fig. 3) and DESIG
 (no exact network of this kind exceeds log₂3 ≈ 1.585 Newton steps per layer; trained models
 match more Newton steps per middle layer).
 
-Error = squared error / d averaged over prompts, at position t = n − 1 (``benchmarks.metrics.nmse``).
+Metric: error = squared error / d averaged over prompts, at position t = n − 1
+(``benchmarks.metrics.nmse``).
 """
 
 from __future__ import annotations
