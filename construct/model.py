@@ -106,16 +106,15 @@ class HandBuiltModel(HookedMixin, SavableModel):
             for name, p in tr.named_parameters():
                 if p.is_meta:  # shapes only (load_model checks a config before allocating)
                     continue
-                a = p.detach().abs()
-                nz = a[a > 0]
+                mx = float(p.detach().abs().max()) if p.numel() else 0.0
                 # overflow anywhere is inf; underflow matters when a whole weight vanishes (e.g. the
                 # init layer's α·I), not for the tiny far-off slopes of the adaptive α's PL function
-                if nz.numel() and (float(nz.max()) > fi.max or float(nz.max()) < fi.tiny):
+                if mx > fi.max or 0.0 < mx < fi.tiny:
                     raise ValueError(
-                        f"weight {name} has magnitudes in [{float(nz.min()):.3g}, {float(nz.max()):.3g}], which "
-                        f"{str(dt).removeprefix('torch.')} cannot hold (range [{fi.tiny:.3g}, {fi.max:.3g}]); the "
-                        "step size baked into the weights is too extreme for this dtype: rescale the data so "
-                        "that a moderate step size converges, or use float64"
+                        f"weight {name} has magnitudes up to {mx:.3g}, which {str(dt).removeprefix('torch.')} "
+                        f"cannot hold (range [{fi.tiny:.3g}, {fi.max:.3g}]); the step size baked into the weights "
+                        "is too extreme for this dtype: rescale the data so that a moderate step size converges, "
+                        "or use float64"
                     )
         return super()._apply(fn, recurse)
 

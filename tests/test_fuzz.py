@@ -47,7 +47,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from construct import AlphaDivergenceError, build_newton_transformer
+from construct import AlphaDivergenceError, build_gd_transformer, build_newton_transformer
+from construct.adaptive import AlphaRangeError
 from construct.precision import PROMISED_RTOL, PrecisionError
 
 LD = np.longdouble
@@ -82,14 +83,51 @@ def ld_newton(X, y, xq, k: int, alpha_eff: float, lam: float):
     return float(pred), scale, float(a * LD(lmax) ** 2)
 
 
+def ld_power(X, y, xq, P: int, alpha_eff: float, lam: float):
+    """Like :func:`ld_newton` for any residual power P = 2^k (Newton) or 4·3^j (the hyperpower
+    network: one Newton step, j order-3 steps M ← 3M − 3MSM + MSMSM, one Newton step)."""
+    if P & (P - 1) == 0:
+        return ld_newton(X, y, xq, P.bit_length() - 1, alpha_eff, lam)
+    j = round(math.log(P / 4, 3))
+    assert 4 * 3**j == P, P
+    X, y, xq = (np.asarray(a, dtype=LD) for a in (X, y, xq))
+    d = X.shape[1]
+    S = X.T @ X + LD(lam) * np.eye(d, dtype=LD)
+    M = LD(alpha_eff) * S
+    M = 2 * M - M @ S @ M
+    for _ in range(j):
+        MS = M @ S
+        M = 3 * M - 3 * MS @ M + MS @ MS @ M
+    M = 2 * M - M @ S @ M
+    w = M @ (X.T @ y)
+    scale = math.sqrt(float(xq @ xq)) * math.sqrt(float(w @ w)) if np.isfinite(w).all() else math.inf
+    lmax = float(np.linalg.eigvalsh(S.astype(np.float64))[-1])
+    return float(xq @ w), scale, float(LD(alpha_eff) * LD(lmax) ** 2)
+
+
+def ld_gd(X, y, xq, steps: int, eta: float):
+    """GD from w = 0, w ← w − η(Sw − Xᵀy), in longdouble: (prediction, scale, η·λ_max)."""
+    X, y, xq = (np.asarray(a, dtype=LD) for a in (X, y, xq))
+    S, b = X.T @ X, X.T @ y
+    w = np.zeros(X.shape[1], dtype=LD)
+    for _ in range(steps):
+        w = w - LD(eta) * (S @ w - b)
+        if not np.isfinite(w).all():
+            break
+    scale = math.sqrt(float(xq @ xq)) * math.sqrt(float(w @ w)) if np.isfinite(w).all() else math.inf
+    lmax = float(np.linalg.eigvalsh(S.astype(np.float64))[-1]) if X.shape[0] else 0.0
+    return float(xq @ w), scale, float(eta * lmax)
+
+
 # ----------------------------------------------------------------------------- cases
 @st.composite
 def fuzz_cases(draw, max_d: int = 32, max_k: int = 30):
     """A network spec, dtype and one prompt from the full input space (module docstring)."""
     d = draw(st.integers(1, max_d))
     n = draw(st.one_of(st.integers(0, 4 * d), st.just(d), st.integers(1, max(1, d - 1))))
-    form = draw(st.sampled_from(["default", "merged"]))
-    k = draw(st.integers(2 if form == "merged" else 0, max_k))
+    form = draw(st.sampled_from(["default", "merged", "hyperpower", "gd"]))
+    k = draw(st.integers(2 if form in ("merged", "hyperpower") else 0, max_k))
+    adaptive = form in ("default", "merged") and draw(st.integers(0, 5)) == 0
     attn = draw(st.sampled_from(["relu", "linear"]))
     normalize = draw(st.booleans())
     looped = draw(st.booleans())
@@ -127,19 +165,28 @@ def fuzz_cases(draw, max_d: int = 32, max_k: int = 30):
     a_eff = margin * 2.0 / lmax**2 if lmax > 0 else 1.0
     if not (math.isfinite(a_eff) and a_eff > 0):
         a_eff = 1.0
+    if form == "gd":  # η·λ_max(S) = 2·margin; normalize: η_eff = lr/N
+        lm0 = float(np.linalg.eigvalsh(X.astype(np.float64).T @ X.astype(np.float64))[-1]) if n else 0.0
+        eta = margin * 2.0 / lm0 if lm0 > 0 else 1.0
+        spec = dict(program="gd", d=d, steps=k, lr=eta * (n + 1) if normalize else eta, attn=attn, normalize=normalize)
+        return spec, dtype, X, y, xq, eta
     alpha = a_eff * N * N if normalize else a_eff
+    if adaptive:
+        alpha, normalize = "adaptive", False
     spec = dict(d=d, k=k, alpha=alpha, attn=attn, normalize=normalize, lam=lam, form=form, looped=looped)
     return spec, dtype, X, y, xq, a_eff
 
 
 def classify(spec, dtype, X, y, xq, a_eff) -> str:
     n = X.shape[0]
+    spec = dict(spec)
+    gd = spec.pop("program", None) == "gd"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = build_newton_transformer(**spec, dtype=dtype)
+            model = build_gd_transformer(**spec, dtype=dtype) if gd else build_newton_transformer(**spec, dtype=dtype)
     except ValueError:
-        return "named: build"  # α out of the dtype's range is refused at build time
+        return "named: build"  # a step size out of the dtype's range is refused at build time
     Xt, yt, qt = (torch.from_numpy(np.ascontiguousarray(a))[None] for a in (X, y, xq))
     if n == 0:
         try:
@@ -147,12 +194,22 @@ def classify(spec, dtype, X, y, xq, a_eff) -> str:
         except ValueError:
             return "named: bad input"
         return "silent: bad input accepted"
-    pred_ref, scale, ratio = ld_newton(X, y, xq, spec["k"], a_eff, spec["lam"])
+    if gd:
+        pred_ref, scale, ratio = ld_gd(X, y, xq, spec["steps"], a_eff)
+    else:
+        if spec["alpha"] == "adaptive":
+            try:
+                a_eff = float(model.alpha_of(torch.from_numpy(np.ascontiguousarray(X))[None].double()))
+            except AlphaRangeError:
+                a_eff = math.nan
+        pred_ref, scale, ratio = ld_power(X, y, xq, model.residual_power, a_eff, spec["lam"])
     diverges = ratio >= 2.0
     near = abs(ratio - 2.0) <= 2.0 * BOUNDARY_BAND
     rtol = PROMISED_RTOL[dtype]
     try:
         got = float(model.predict(Xt, yt, qt))
+    except AlphaRangeError:  # adaptive α: tr(S^p) outside the range its PL function covers
+        return "named: alpha range"
     except AlphaDivergenceError:
         if diverges or near:
             return "named: alpha diverges"
@@ -185,6 +242,8 @@ def run_fuzz(n_cases: int, seed: int = 0) -> Counter:
         c = classify(spec, dtype, X, y, xq, a_eff)
         key = c.split(":")[0] if c.startswith("silent") else c
         counts[(str(dtype).removeprefix("torch."), key)] += 1
+        prog = "gd" if spec.get("program") == "gd" else ("adaptive" if spec.get("alpha") == "adaptive" else spec["form"])
+        counts[("program", prog)] += 1
         if c.startswith("silent") or c == "false alarm":
             failures.append((c, spec, str(dtype), X.shape))
 
