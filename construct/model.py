@@ -1,4 +1,4 @@
-"""The hand-built Newton network as a ``torch.nn.Module`` with a prompt-level API."""
+"""The hand-built networks (Newton, hyperpower, gradient descent) as ``torch.nn.Module``s with a prompt-level API."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from .adaptive import default_range, pl_alpha, trace_power
-from .alpha import check_alpha
-from .builder import NewtonSpec, assemble, make_blocks, make_layout
+from .adaptive import AlphaRangeError, default_range, pl_alpha, trace_power
+from .alpha import check_alpha, check_lr
+from .builder import GDSpec, NewtonSpec, assemble, make_blocks, make_gd_blocks, make_gd_layout, make_layout
 from .checkpoint import SavableModel, register_kind
 from .layout import ResidualLayout
 from .hooks import HookedMixin
@@ -19,20 +19,14 @@ from .validate import as_tensor, check_prompts
 PREFIX_GROUPS = 16  # predict_all runs the n prefixes in this many length groups (≈ 10% padding)
 
 
-@register_kind("newton")
-class NewtonTransformer(HookedMixin, SavableModel):
-    """k steps of Iterative Newton, hand-built on :class:`~construct.transformer.Transformer`.
+class HandBuiltModel(HookedMixin, SavableModel):
+    """What every hand-built network shares: prompt encoding, prediction, caches, hooks.
 
-    Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P ridge prefix
+    Subclasses set ``spec`` (with ``d``, ``n_prefix``, ``normalize``, ``adaptive``), ``layout``,
+    ``block_specs``, ``schedule`` and ``transformer``, and define ``_alpha_check``.
+    Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P prefix
     tokens, n train tokens, then the query.
     """
-
-    def __init__(self, spec: NewtonSpec):
-        super().__init__()
-        self.spec = spec
-        self.layout: ResidualLayout = make_layout(spec)
-        self.block_specs, self.schedule = make_blocks(spec, self.layout)
-        self.transformer: Transformer = assemble(spec, self.layout, self.block_specs, self.schedule)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -42,10 +36,6 @@ class NewtonTransformer(HookedMixin, SavableModel):
     @property
     def d(self) -> int:
         return self.spec.d
-
-    @property
-    def k(self) -> int:
-        return self.spec.k
 
     @property
     def dtype(self) -> torch.dtype:
@@ -58,21 +48,6 @@ class NewtonTransformer(HookedMixin, SavableModel):
     @property
     def layer_names(self) -> list[str]:
         return [self.block_specs[b].name for b in self.schedule]
-
-    @property
-    def newton_step_after_layer(self) -> list[int]:
-        """Newton step j held in slot u after each layer (the read-out keeps the last one)."""
-        steps, j = [], 0
-        for name in self.layer_names:
-            if name.startswith("newton"):
-                j += 1
-            steps.append(j)
-        return steps
-
-    def looped(self, k: int | None = None) -> "NewtonTransformer":
-        """A weight-tied copy whose Newton layers share one block (optionally for another k)."""
-        spec = dataclasses.replace(self.spec, looped=True, k=self.spec.k if k is None else k)
-        return NewtonTransformer(spec).to(self.dtype)
 
     # ------------------------------------------------------------------ tokens
     def encode(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
@@ -87,49 +62,17 @@ class NewtonTransformer(HookedMixin, SavableModel):
     def _check(self, X, y, x_query=None, min_n=1):
         return check_prompts(X, y, x_query, d=self.d, dtype=self.dtype, device=self.device, min_n=min_n)
 
-    def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
-        if self.spec.adaptive:
-            self._alpha_of(X)  # never diverges; raises AlphaRangeError outside the valid range
-            return
-        check_alpha(X, self.spec.alpha, self.spec.lam, norm if self.spec.normalize else 1.0, on_diverge)
-
-    def _alpha_of(self, X: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.spec.alpha_range
-        dlo, dhi = default_range(self.dtype)
-        if lo < dlo or hi > dhi:
-            raise ValueError(
-                f"this adaptive model was built for alpha_range=({lo}, {hi}) but is now {self.dtype}, which holds "
-                f"only ({dlo}, {dhi}) (its PL weights would overflow); rebuild with dtype={self.dtype}"
-            )
-        return pl_alpha(self.spec.pl, trace_power(X, self.spec.alpha_trace, self.spec.lam))
-
-    def alpha_of(self, X) -> torch.Tensor:
-        """The α the network uses on each prompt: (B,) float64.
-
-        Adaptive models: α = f(tr((XᵀX + λI)^p)), computed here in float64 from X by the PL
-        formula (:mod:`construct.adaptive`), independently of the network's own α slot; raises
-        :class:`~construct.adaptive.AlphaRangeError` when tr(S^p) is outside the valid range.
-        Fixed-α models: their α (α/N² under normalize, N = P + n + 1 tokens), per prompt.
-        """
-        X = as_tensor("X", X, torch.float64, "cpu")
-        if X.dim() != 3 or X.shape[-1] != self.d or X.shape[0] == 0:
-            raise ValueError(f"X must have shape (B, n, {self.d}) with B >= 1, got {tuple(X.shape)}")
-        if self.spec.adaptive:
-            return self._alpha_of(X)
-        N = X.shape[1] + 1 + self.spec.n_prefix
-        a = self.spec.alpha / (N * N if self.spec.normalize else 1.0)
-        return torch.full((X.shape[0],), a, dtype=torch.float64)
-
     def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.transformer(tokens, key_mask)
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
     def predict(self, X, y, x_query, check_alpha: str = "raise") -> torch.Tensor:
-        """Prediction for x_query from the n examples: (B,) = x_qᵀ M_k Xᵀ y.
+        """Prediction for x_query from the n examples: (B,) = x_qᵀ M Xᵀ y (Newton) or x_qᵀ w_s (GD).
 
-        ``check_alpha``: "raise" (default) raises AlphaDivergenceError when the built-in α
-        diverges on a prompt (α_eff·λ_max(S+λI)² ≥ 2), "warn" warns, "ignore" skips the check.
+        ``check_alpha``: "raise" (default) raises AlphaDivergenceError when the built-in step size
+        diverges on a prompt (Newton: α_eff·λ_max(S+λI)² ≥ 2; GD: lr_eff·λ_max(S) ≥ 2), "warn"
+        warns, "ignore" skips the check.
         An adaptive model never diverges; it raises AlphaRangeError (whatever ``check_alpha``)
         when a prompt's tr(S^p) lies outside its valid range, since its α would be wrong there.
         """
@@ -211,18 +154,122 @@ class NewtonTransformer(HookedMixin, SavableModel):
         res = self.transformer.residual_streams(self.encode(X, y, x_query), return_output=return_prediction, stack=stack)
         return (res[0], res[1][:, -1, 0]) if return_prediction else res
 
+    def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@register_kind("newton")
+class NewtonTransformer(HandBuiltModel):
+    """k steps of Iterative Newton, hand-built on :class:`~construct.transformer.Transformer`.
+
+    Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P ridge prefix
+    tokens, n train tokens, then the query.
+    """
+
+    def __init__(self, spec: NewtonSpec):
+        super().__init__()
+        self.spec = spec
+        self.layout: ResidualLayout = make_layout(spec)
+        self.block_specs, self.schedule = make_blocks(spec, self.layout)
+        self.transformer: Transformer = assemble(spec, self.layout, self.block_specs, self.schedule)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def k(self) -> int:
+        return self.spec.k
+
+    @property
+    def residual_power(self) -> int:
+        """P with I − M S = (I − αS²)^P for the M of the prediction: 2^k, or 4·3^j (hyperpower)."""
+        return self.spec.residual_power
+
+    @property
+    def residual_power_after_layer(self) -> list[int]:
+        """Residual power of the M held in slot u (and uq) after each layer.
+
+        The init layer holds M₀ = αS (power 1); a Newton layer doubles the power, an order-3
+        layer triples it, a read-out keeps it (the merged and hyperpower read-outs perform one
+        more Newton step inside the prediction only: ``residual_power`` is twice the last entry).
+        """
+        powers, p = [], 1
+        for name in self.layer_names:
+            if name.startswith("newton"):
+                p *= 2
+            elif name.startswith("order3"):
+                p *= 3
+            powers.append(p)
+        return powers
+
+    @property
+    def newton_step_after_layer(self) -> list[int]:
+        """Newton step j held in slot u after each layer (the read-out keeps the last one)."""
+        steps, j = [], 0
+        for name in self.layer_names:
+            if name.startswith("newton"):
+                j += 1
+            steps.append(j)
+        return steps
+
+    def looped(self, k: int | None = None) -> "NewtonTransformer":
+        """A weight-tied copy whose Newton layers share one block (optionally for another k)."""
+        spec = dataclasses.replace(self.spec, looped=True, k=self.spec.k if k is None else k)
+        return NewtonTransformer(spec).to(self.dtype)
+
+    def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
+        if self.spec.adaptive:
+            self._alpha_of(X)  # never diverges; raises AlphaRangeError outside the valid range
+            return
+        check_alpha(X, self.spec.alpha, self.spec.lam, norm if self.spec.normalize else 1.0, on_diverge)
+
+    def _alpha_of(self, X: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.spec.alpha_range
+        dlo, dhi = default_range(self.dtype)
+        if lo < dlo or hi > dhi:
+            raise AlphaRangeError(
+                f"this adaptive model was built for alpha_range=({lo}, {hi}) but is now {self.dtype}, which holds "
+                f"only ({dlo}, {dhi}) (its PL weights would overflow); rebuild with dtype={self.dtype}"
+            )
+        return pl_alpha(self.spec.pl, trace_power(X, self.spec.alpha_trace, self.spec.lam))
+
+    def alpha_of(self, X) -> torch.Tensor:
+        """The α the network uses on each prompt: (B,) float64.
+
+        Adaptive models: α = f(tr((XᵀX + λI)^p)), computed here in float64 from X by the PL
+        formula (:mod:`construct.adaptive`), independently of the network's own α slot; raises
+        :class:`~construct.adaptive.AlphaRangeError` when tr(S^p) is outside the valid range.
+        Fixed-α models: their α (α/N² under normalize, N = P + n + 1 tokens), per prompt.
+        """
+        X = as_tensor("X", X, torch.float64, "cpu")
+        if X.dim() != 3 or X.shape[-1] != self.d or X.shape[0] == 0:
+            raise ValueError(f"X must have shape (B, n, {self.d}) with B >= 1, got {tuple(X.shape)}")
+        if self.spec.adaptive:
+            return self._alpha_of(X)
+        N = X.shape[1] + 1 + self.spec.n_prefix
+        a = self.spec.alpha / (N * N if self.spec.normalize else 1.0)
+        return torch.full((X.shape[0],), a, dtype=torch.float64)
+
     # ------------------------------------------------------------------ description
     def describe(self) -> str:
         s = self.spec
         a = (f"adaptive (f(tr(S^{s.alpha_trace})), range 2^{s.alpha_range[0]}..2^{s.alpha_range[1]})"
              if s.adaptive else f"{s.alpha:g}")
-        form = ("k+1 merged" if s.form == "merged" else "k+2") + (f"+{s.alpha_layers} adaptive" if s.adaptive else "")
-        wf = ("4d+2" if s.form == "merged" else "3d+2") if not s.adaptive else ("5d+5" if s.form == "merged" else "4d+5")
+        from .builder import min_layers
+
+        form = {"default": "k+2", "merged": "k+1 merged",
+                "hyperpower": f"j+3 hyperpower, j={s.n_order3} order-3 layers"}[s.form]
+        form += f"+{s.alpha_layers} adaptive" if s.adaptive else ""
+        wf = {"default": "3d+2", "merged": "4d+2", "hyperpower": "6d+2"}[s.form]
+        if s.adaptive:
+            wf = {"default": "4d+5", "merged": "5d+5"}[s.form]
+        P = self.residual_power
         lines = [
             f"NewtonTransformer: d={s.d}, k={s.k}, alpha={a}, attn={s.attn}, "
             f"normalize={s.normalize}, lam={s.lam:g}, form={s.form}, looped={s.looped}"
             + (", PRINTED-PAPER (wrong on purpose)" if s.printed_paper else ""),
-            f"layers: {self.n_layers} ({form}); "
+            f"layers: {self.n_layers} ({form}); degree lower bound for Newton-{s.k} accuracy: "
+            f"construct.min_layers({s.k}) = {min_layers(s.k)} (3^L >= 2^(k+2)+1)",
+            f"residual power P = {P}: I - M S = (I - alpha S^2)^{P}"
+            + (f" >= 2^{s.k} (at least Newton-{s.k}'s accuracy)" if s.form == "hyperpower" else f" = 2^{s.k}"),
             f"residual width D = {self.layout.width} "
             f"({wf}); heads/layer = {self.transformer.cfg.n_heads}; "
             f"head width = {self.transformer.cfg.d_head}; MLP width = {self.transformer.cfg.hidden_mlp}; "
@@ -250,3 +297,57 @@ class NewtonTransformer(HookedMixin, SavableModel):
         if "spec" not in cfg:
             raise ValueError("config lacks 'spec'")
         return cls(NewtonSpec.from_dict(cfg["spec"]))
+
+
+@register_kind("gd")
+class GDTransformer(HandBuiltModel):
+    """``steps`` steps of gradient descent from w = 0, hand-built (von Oswald et al. 2023 style).
+
+    ``predict(X, y, x_query)`` equals x_qᵀ w_s with w ← w − lr·(S w − Xᵀy) (no 1/n), the convention
+    of :func:`verify.gd_predictions`; under ``normalize`` lr is relative to S/N (lr_eff = lr/N).
+    One identical layer per step (stored once, weight-tied), width 2d + 2; see
+    :mod:`construct.blocks.gd`.
+    """
+
+    def __init__(self, spec: GDSpec):
+        super().__init__()
+        self.spec = spec
+        self.layout: ResidualLayout = make_gd_layout(spec)
+        self.block_specs, self.schedule = make_gd_blocks(spec, self.layout)
+        self.transformer: Transformer = assemble(spec, self.layout, self.block_specs, self.schedule)
+
+    @property
+    def steps(self) -> int:
+        return self.spec.steps
+
+    def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
+        check_lr(X, self.spec.lr, norm if self.spec.normalize else 1.0, on_diverge)
+
+    def describe(self) -> str:
+        s = self.spec
+        lines = [
+            f"GDTransformer: d={s.d}, steps={s.steps}, lr={s.lr:g}, attn={s.attn}, normalize={s.normalize}",
+            f"layers: {self.n_layers} (one per GD step, all sharing one weight block); "
+            f"residual width D = {self.layout.width} (2d+2); heads/layer = {self.transformer.cfg.n_heads}; "
+            f"head width = {self.transformer.cfg.d_head}; no MLP; "
+            f"parameters = {sum(p.numel() for p in self.parameters())}",
+            f"converges iff 0 < lr_eff*lambda_max(S) < 2 (lr_eff = lr{'/N' if s.normalize else ''})",
+            "",
+            self.layout.table(),
+            "",
+            "layer  block  heads  computes",
+        ]
+        for i, b in enumerate(self.schedule):
+            bs = self.block_specs[b]
+            lines.append(f"{i:<5}  {bs.name:<5}  {len(bs.heads):<5}  {bs.summary}")
+        lines += ["", "slot contents after each stage (w_s = s GD steps from 0):", self.layout.stage_table()]
+        return "\n".join(lines)
+
+    def config_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "layout": self.layout.to_dict()}
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict) -> "GDTransformer":
+        if "spec" not in cfg:
+            raise ValueError("config lacks 'spec'")
+        return cls(GDSpec.from_dict(cfg["spec"]))
