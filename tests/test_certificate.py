@@ -292,6 +292,8 @@ def test_certify_hyperpower(kw):
         assert any(f"P = {model.residual_power}," in f for f in cert.facts), cert.facts
         assert cert.time < 1.0
     assert "(3·M" in str(cert) or "3·M" in str(cert)
+    # ⅓ is stored as a float: the certificate proves the intended network and reports the rounding
+    assert 0 < cert.max_weight_error < 2.0 ** -52
     rng = random.Random(2)
     model = build_newton_transformer(d=2, k=8, alpha=0.01, form="hyperpower", **kw)
     names = [n for n, p in model.transformer.named_parameters() if torch.any(p != 0)]
@@ -327,3 +329,20 @@ def test_certify_gd(kw):
         w = m.transformer.blocks[m.transformer.cfg.layer_schedule[2]].attn.W_O
         w[0][torch.nonzero(w[0])[0].tolist()[0], :] *= 1 + 1e-12
     assert not certify(m).passed
+
+
+@pytest.mark.skipif(not _has_hyperpower(), reason="form='hyperpower' not built yet (issue 8)")
+def test_hyperpower_exact_check_and_certificate():
+    """exact_check runs the stored floats: exact for j = 0 (k = 2); from the first order-3 layer on, the
+    stored ⅓ ≠ 1/3 makes the rational result differ (by ~1e-16 relative) — the certificate proves the
+    intended weights and bounds that deviation as rounding instead."""
+    X, y, xq = random_rational_prompt(2, 3, seed=1)
+    for kw in ({}, {"lam": 0.25, "normalize": True}):
+        m2 = build_newton_transformer(d=2, k=2, alpha=0.05, form="hyperpower", **kw)
+        assert exact_check(m2, X, y, xq).passed and certify(m2).passed
+        m3 = build_newton_transformer(d=2, k=3, alpha=0.05, form="hyperpower", **kw)
+        r = exact_check(m3, X, y, xq)
+        assert not r.passed and (r.failing_layer, r.failing_slot) == (2, "u")
+        assert abs(float(r.prediction - r.newton)) <= 1e-12 * abs(float(r.newton))
+        cert = certify(m3)
+        assert cert.passed and 0 < cert.max_weight_error < 2.0 ** -52
