@@ -524,13 +524,6 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
     ``alpha``: override α (default ``Fraction(model.spec.alpha)``; for an adaptive model the exact
     PL value f(τ_p) of :func:`pl_alpha_exact`, which the network must reproduce in its α slot).
 
-    Hyperpower models (``form="hyperpower"``): the reference is the hyperpower iteration (M₀ = αS, a
-    Newton step, order-3 steps, a last Newton step in the prediction); u, c are checked on example
-    tokens (0 on the query) and uq, cq on the query (0 elsewhere).  The order-3 layers store ⅓ as a
-    float, so from the first of them on the stored network is *not* exactly the iteration and this
-    check reports it (layer 2, slot u); :func:`verify.certify` proves the intended weights and
-    bounds the stored ones' rounding instead.
-
     Adaptive models (``alpha="adaptive"``): the checked slots also include v = S x on example
     tokens, the register's one, tau = τ_p and alpha = f(τ_p) (exact), the merged form's parked
     c = S x_q on the query, u = 0 before the α-scale layer and (default form) u = 0 on the query.
@@ -583,12 +576,8 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
     out, streams = exact_forward(model.transformer, tokens)
     pred = out[-1][0]
 
-    # Newton (hyperpower: its iteration), exactly
-    hyper = spec.form == "hyperpower"
-    if hyper:
-        newton, Ms, S = _hyperpower_exact(X, y, xq, alpha_eff, model.layer_names, lam)
-    else:
-        newton, Ms, S = newton_exact(X, y, xq, alpha_eff, spec.k, lam)
+    # Newton, exactly
+    newton, Ms, S = newton_exact(X, y, xq, alpha_eff, spec.k, lam)
     equal = pred == newton
     failure, message = None, ""
 
@@ -601,7 +590,7 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
         Z = _Q.from_fractions([[xs[t][a] + qs[t][a] for a in range(d)] for t in range(N)])  # own vector z
         Xs = _Q.from_fractions(xs)
         fixed = {"x": Xs, "xq": _Q.from_fractions(qs), "y": _Q.from_fractions(ys)}
-        steps = list(range(len(model.layer_names))) if hyper else model.newton_step_after_layer  # index into Ms
+        steps = model.newton_step_after_layer
         sigma = _c_seed_scale(spec.alpha) if "c" in lay and not ada else Fraction(1)
         last = len(steps) - 1
         query = N - 1
@@ -622,9 +611,9 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
             for s in fixed:
                 want[s] = (fixed[s], list(range(N)))
             if layer == -1:
-                for sname in ("u", "c", "uq", "cq"):
-                    if sname in lay:
-                        want[sname] = (zeros_d, list(range(N)))
+                want["u"] = (zeros_d, list(range(N)))
+                if "c" in lay:
+                    want["c"] = (zeros_d, list(range(N)))
                 if ada:
                     want.update(v=(zeros_d, list(range(N))), tau=(zeros_1, list(range(N))),
                                 alpha=(zeros_1, list(range(N))))
@@ -639,15 +628,6 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
                 if "c" in lay:
                     c = (Xs @ S.T).scale(sigma / nu) if j == 0 else Z @ (S @ Ms[j]).T
                     want["c"] = (c, list(range(N)))
-                if hyper:  # u, c on example tokens only; the query's copies in uq, cq
-                    ex, qt = list(range(N - 1)), [query]
-                    u_all, c_all = (Z @ Ms[j].T).scale(nu), Z @ (S @ Ms[j]).T
-                    want["u"], want["u_query"] = (u_all, ex), (zeros_d, qt)
-                    want["c"] = ((Xs @ S.T).scale(sigma / nu) if j == 0 else c_all, ex)
-                    want["c_query"] = (zeros_d, qt)
-                    want["uq"], want["uq_rest"] = (u_all, qt), (zeros_d, ex)
-                    want["cq"] = (zeros_d if j == 0 else c_all, qt)
-                    want["cq_rest"] = (zeros_d, ex)
                 if ada:
                     has = layer >= scale_layer - 1
                     want["v"] = (V, list(range(N)))
@@ -664,14 +644,14 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
                 want["out"] = (_Q(np.zeros((N, 1), dtype=object), 1), list(range(N)))
             else:
                 want["out"] = (_Q(np.array([[newton.numerator]] * N, dtype=object), newton.denominator), [query])
-            for slot in [*lay.names, "u_query", "c_query", "uq_rest", "cq_rest"]:
+            for slot in [*lay.names, "u_query"]:
                 if slot not in want:
                     continue
                 E, toks = want[slot]
-                sl = lay[slot.split("_")[0]]
+                sl = lay["u" if slot == "u_query" else slot]
                 bad = _first_mismatch(r, sl, E, toks)
                 if bad is not None:
-                    slot = slot.split("_")[0]
+                    slot = "u" if slot == "u_query" else slot
                     failure = (layer, slot, bad)
                     where = "read-in" if layer == -1 else f"layer {layer} ({model.layer_names[layer]})"
                     message = (f"first exact mismatch: {where}, slot {slot!r}, token {bad} "
@@ -686,30 +666,6 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
     bits = pred.numerator.bit_length() + pred.denominator.bit_length()
     return ExactResult(equal, pred, newton, failure, message or "exactly equal", alpha_eff, lam,
                        time.perf_counter() - t0, bits)
-
-
-def _hyperpower_exact(X, y, xq, alpha, layer_names, lam) -> tuple[Fraction, list[_Q], _Q]:
-    """The hyperpower form's iterates, exactly: M₀ = αS, a Newton step per "newton…" layer, an order-3
-    step 3M − 3MSM + MSMSM per "order3" layer; the prediction takes one more Newton step.
-
-    Returns ``(prediction, [M after layer 0, 1, …], S)``.
-    """
-    _, Ms0, S = newton_exact(X, y, xq, alpha, 0, lam)
-    M = Ms0[0]
-    out = []
-    for i, name in enumerate(layer_names):
-        if i > 0 and name.startswith("newton"):
-            M = M.scale(Fraction(2)).sub(M @ S @ M).reduced()
-        elif name.startswith("order3"):
-            MSM = M @ S @ M
-            M = M.scale(Fraction(3)).sub(MSM.scale(Fraction(3))).sub((MSM @ S @ M).scale(Fraction(-1))).reduced()
-        out.append(M)
-    Mk = M.scale(Fraction(2)).sub(M @ S @ M).reduced()
-    Xf, yf, qf = _fractions(X, 2, "X"), _fractions(y, 1, "y"), _fractions(xq, 1, "x_query")
-    d = len(qf)
-    b = _Q.from_fractions([[sum((Xf[i][a] * yf[i] for i in range(len(Xf))), Fraction(0))] for a in range(d)])
-    pred = (_Q.from_fractions([qf]) @ (Mk @ b)).entry(0, 0)
-    return pred, out, S
 
 
 def _c_seed_scale(alpha: float) -> Fraction:
