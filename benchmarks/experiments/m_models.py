@@ -191,8 +191,11 @@ def _constructed_families(ctx: Context, s, sz: MSizes) -> list[dict]:
         from verify import prefix_stats
 
         lr = float(1.0 / lambda_max(prefix_stats(X, y)[0]).max())
-        depths = list(range(1, Lmax + 1))
-        preds = [construct.build_gd_transformer(s.d, L, lr).predict_all(X, y).to(torch.float64) for L in depths]
+        depths, preds = [], []
+        for steps in range(1, Lmax + 1):
+            net = construct.build_gd_transformer(s.d, steps, lr)
+            depths.append(net.n_layers)
+            preds.append(net.predict_all(X, y).to(torch.float64))
         fams.append({"name": "constructed GD (1 step per layer)", "kind": "constructed", "layers": depths,
                      "P": torch.stack(preds), "lr": lr})
     fixed = newton_predictions(X, y, list(range(Lmax + 3)), alpha=alpha, method="spectral")
