@@ -35,6 +35,11 @@ command.
    ``chunk`` prompts) against the batched reference Newton on all prefixes.  Both report the
    max relative difference of the predictions.
 
+4. **Issue 13 targets** (:mod:`benchmarks.perf_targets`): the paper's heatmap sweep (B = 320)
+   against the eigh floor, Newton steps 1–23 (``method="auto"``) at B = 64 and 320 against the
+   tight loop, and ``verify_model`` against one forward pass; each an interleaved same-run ratio.
+5. **Measured cost exponents**: log-log slopes of each cost along B, n, d and k.
+
 Outputs in ``OUT``: ``perf.json``, ``perf.csv`` (section, item, seconds, ratio), ``perf.md``.
 """
 
@@ -54,6 +59,7 @@ import numpy as np
 import torch
 
 from benchmarks.data import sample_prompts
+from benchmarks import perf_targets
 from benchmarks.perf_reference import PAPER_GD_STEPS, PAPER_NEWTON_STEPS, time_reference_paths
 
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "cpu"
@@ -231,7 +237,7 @@ def run_perf_table(out_dir: str | os.PathLike, quick: bool = False, *, threads: 
     t0 = time.perf_counter()
     try:
         mach = machine(command)
-        bar = tqdm(total=3, desc="perf table", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=5, desc="perf table", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         bar.set_postfix_str("reference paths")
         ref = time_reference_paths(**sz["reference"], threads=None, seed=seed)
         bar.update(1)
@@ -241,11 +247,18 @@ def run_perf_table(out_dir: str | os.PathLike, quick: bool = False, *, threads: 
         bar.set_postfix_str("constructed network")
         co = time_constructed(seed=seed, **sz["constructed"])
         bar.update(1)
+        bar.set_postfix_str("issue 13 targets")
+        tg = perf_targets.targets(quick, seed)
+        bar.update(1)
+        bar.set_postfix_str("cost exponents")
+        sc = perf_targets.scaling(quick, seed)
+        bar.update(1)
         bar.close()
     finally:
         torch.set_num_threads(old)
     res = {"experiment": "g. performance table", "quick": quick, "machine": mach, "sizes": sz,
-           "reference": ref, "probes": pr, "constructed": co, "wall_seconds": time.perf_counter() - t0}
+           "reference": ref, "probes": pr, "constructed": co, "targets": tg, "scaling": sc,
+           "wall_seconds": time.perf_counter() - t0}
     res["ratios"] = headline_ratios(res)
     write_outputs(res, out)
     return res
@@ -261,6 +274,15 @@ def headline_ratios(res: dict) -> dict:
                 r[f"reference {alg}: {base}/{fast}"] = sec[base][alg] / sec[fast][alg]
     r.update({f"probes: {k}": v for k, v in res["probes"]["ratios"].items()})
     r.update({f"constructed: {k}": v for k, v in res["constructed"]["ratios"].items()})
+    if "targets" in res:
+        t = res["targets"]
+        for g in ("gd_grid_1300", "gd_pow2_4096"):
+            s = t["heatmap_sweep"][g]["seconds"]
+            r[f"target: heatmap sweep ({g}) / eigh floor"] = s["sweep"] / s["eigh_floor"]
+        for k, v in t["newton_vs_loop"].items():
+            r[f"target: tight loop / Newton 1-23 auto ({k})"] = v["seconds"]["loop"] / v["seconds"]["auto"]
+        s = t["verify"]["seconds"]
+        r["target: verify_model / forward"] = s["verify_model"] / s["forward"]
     return r
 
 
@@ -298,6 +320,20 @@ def rows(res: dict) -> list[list]:
          f"{cs['predict_all'] / cs['reference_newton_all_prefixes_batched']:.1f}x reference batched"],
         ["constructed", "reference Newton, all prefixes (batched)", cwl, cs["reference_newton_all_prefixes_batched"], None, None, None],
     ]
+    if "targets" in res:
+        t = res["targets"]
+        c = t["heatmap_sweep"]["config"]
+        for g in ("gd_grid_1300", "gd_pow2_4096"):
+            h = t["heatmap_sweep"][g]
+            out.append(["targets", f"heatmap sweep, GD {h['gd_steps']}", f"d=20 n=40 B={c['B']}, Newton 1-23",
+                        h["seconds"]["sweep"], None, None, f"{h['ratio']:.2f}x eigh floor (goal <= 1.3x)"])
+        for k, v in t["newton_vs_loop"].items():
+            out.append(["targets", "Newton 1-23, method='auto'", f"d=20 n=40 {k}", v["seconds"]["auto"], v["ratio"], None,
+                        "goal >= 5x tight loop"])
+        ve = t["verify"]
+        vc = ve["config"]
+        out.append(["targets", "verify_model", f"d={vc['d']} n={vc['n']} k={vc['k']} B={vc['B']} float64",
+                    ve["seconds"]["verify_model"], None, None, f"{ve['ratio']:.2f}x one forward pass (goal <= 1.3x)"])
     return out
 
 
@@ -338,6 +374,8 @@ def markdown(res: dict) -> str:
         f"load average at start {m['loadavg_at_start']}; command `{m['command']}`."
         + (" QUICK run: small workloads, ratios not meaningful." if res["quick"] else ""),
     ]
+    if "targets" in res:
+        lines += ["", perf_targets.markdown(res["targets"], res.get("scaling"))]
     return "\n".join(lines)
 
 

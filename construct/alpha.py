@@ -201,3 +201,33 @@ def check_alpha(X, alpha: float, lam: float = 0.0, norm: float | torch.Tensor = 
             raise AlphaDivergenceError(msg)
         warnings.warn(msg, AlphaDivergenceWarning, stacklevel=2)
     return bad
+
+
+def check_lr(X, lr: float, norm: float | torch.Tensor = 1.0, on_diverge: str = "raise") -> torch.Tensor:
+    """Detect prompts on which a fixed GD step size diverges: lr_eff·λ_max(S) ≥ 2 (lr_eff = lr/norm).
+
+    GD's error along an eigenvector of S with eigenvalue λ is multiplied by (1 − lr_eff·λ) per
+    step, so it converges exactly when 0 < lr_eff·λ_max < 2.  ``on_diverge`` as in
+    :func:`check_alpha` (the error is the same :class:`AlphaDivergenceError`).  Returns the bool
+    mask of diverging prompts.
+    """
+    from .validate import check_real
+
+    if on_diverge not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_diverge must be 'raise', 'warn' or 'ignore', got {on_diverge!r}")
+    check_real("lr", lr, positive=True)
+    lm = lambda_max(gram(X))
+    r = (lr / torch.as_tensor(norm, dtype=lm.dtype)) * lm
+    bad = r >= 2.0 * (1.0 - BOUNDARY_SLACK)
+    if bad.any() and on_diverge != "ignore":
+        idx = torch.nonzero(bad.reshape(-1)).flatten()
+        msg = (
+            f"fixed lr={lr:g} diverges on {int(bad.sum())} prompt(s) (first index {int(idx[0])}): "
+            f"lr_eff*lambda_max(S) = {float(r.max()):.4g} >= 2, so GD's error along the top eigenvector is "
+            f"multiplied by |1 - lr_eff*lambda| >= 1 every step and never shrinks. Rebuild with a smaller lr "
+            f"(below 2/lambda_max(S)) or rescale the data."
+        )
+        if on_diverge == "raise":
+            raise AlphaDivergenceError(msg)
+        warnings.warn(msg, AlphaDivergenceWarning, stacklevel=2)
+    return bad

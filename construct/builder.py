@@ -13,6 +13,12 @@ Default form, **k + 2 layers**, residual width **D = 3d + 2**::
 Merged form (``form="merged"``, k ≥ 2), **k + 1 layers**, width **D = 4d + 2**: tokens also carry
 c = S M_j z and the read-out performs the last Newton step (see :mod:`construct.blocks.merged`).
 
+Hyperpower form (``form="hyperpower"``, k ≥ 2), **j + 3 layers**, width **D = 6d + 2**: the merged
+form's two init layers, j identical order-3 layers (each cubes the residual I − MS) and the merged
+read-out, so I − MS = (I − αS²)^P with P = 4·3^j ≥ 2^k for the smallest such j: at least Newton-k's
+accuracy in ≈ 0.63·k + 3 layers, within one layer of the degree bound (:func:`min_layers`; see
+:mod:`construct.blocks.hyperpower`).  The query carries its own slots uq, cq (u and c are keys).
+
 Heads per layer: ReLU attention realises each bilinear head as a signed pair, linear attention
 as one head; the Newton layer has 1 bilinear head (2 in the merged form), so H = 2 (ReLU) or 1
 (linear) in the default form.  Head width Dh = d (2d in the merged form).  MLP hidden width 2d
@@ -67,6 +73,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -76,12 +83,16 @@ from .blocks import (
     BlockSpec, adaptive_c_init_block, c_init_block, gram_block, gram_heads, init_block,
     merged_readout_block, newton_block, readout_block, scale_block, trace_alpha_block,
 )
+from .blocks.gd import gd_block
+from .blocks.hyperpower import (
+    hyper_c_init_block, hyper_init_block, hyper_readout_block, hyperpower_depth, order3_block,
+)
 from .blocks.base import dense_head, dense_mlp
 from .layout import ResidualLayout
 from .transformer import Transformer, TransformerConfig
 from .validate import check_int, check_real, config_from_dict
 
-FORMS = ("default", "merged")
+FORMS = ("default", "merged", "hyperpower")
 ATTNS = ("relu", "linear")
 
 
@@ -90,12 +101,12 @@ class NewtonSpec:
     """Everything that determines a hand-built Newton network.  Validates itself."""
 
     d: int                       # data dimension (>= 1)
-    k: int                       # Newton steps (>= 0; >= 2 for the merged form)
+    k: int                       # Newton steps (>= 0; >= 2 for merged/hyperpower; hyperpower: at least Newton-k)
     alpha: float | str           # step size α (> 0, finite; α_eff = α/N² when normalize) or "adaptive"
     attn: str = "relu"           # "relu" (signed head pairs) | "linear"
     normalize: bool = False      # 1/N attention normalisation
     lam: float = 0.0             # ridge λ >= 0 (Newton on S + λI)
-    form: str = "default"        # "default" (k+2 layers) | "merged" (k+1 layers)
+    form: str = "default"        # "default" (k+2 layers) | "merged" (k+1) | "hyperpower" (j+3, 4·3^j ≥ 2^k)
     looped: bool = False         # share one weight block across the Newton layers
     printed_paper: bool = False  # reproduce the paper's V₂ = V₁ erratum (wrong on purpose)
     alpha_trace: int = _adaptive.DEFAULT_TRACE  # adaptive only: α = f(tr(S^p)), p in {1, 2, 3}
@@ -128,8 +139,11 @@ class NewtonSpec:
             raise ValueError(f"attn must be one of {ATTNS} for the Newton construction, got {self.attn!r}")
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
-        if self.form == "merged" and self.k < 2:
-            raise ValueError(f"the merged form needs k >= 2 (got k={self.k}); use form='default'")
+        if self.form == "hyperpower" and self.adaptive:
+            raise ValueError("alpha='adaptive' is not built for the hyperpower form yet; give a fixed alpha "
+                             "(e.g. construct.safe_alpha(X)) or use form='default' or 'merged'")
+        if self.form in ("merged", "hyperpower") and self.k < 2:
+            raise ValueError(f"the {self.form} form needs k >= 2 (got k={self.k}); use form='default'")
         if self.printed_paper and self.attn != "relu":
             raise ValueError("printed_paper reproduces the ReLU-pair erratum, so it needs attn='relu'")
         for name in ("normalize", "looped", "printed_paper"):
@@ -157,13 +171,27 @@ class NewtonSpec:
         return _adaptive.pl_function(self.alpha_trace, self.alpha_range)
 
     @property
+    def n_order3(self) -> int:
+        """j: order-3 layers of the hyperpower form (smallest j with 4·3^j ≥ 2^k); 0 otherwise."""
+        return hyperpower_depth(self.k) if self.form == "hyperpower" else 0
+
+    @property
     def n_layers(self) -> int:
+        """k + 2 (default), k + 1 (merged), j + 3 (hyperpower); adaptive α adds ``alpha_layers``."""
+        if self.form == "hyperpower":
+            return self.n_order3 + 3
         return self.k + (1 if self.form == "merged" else 2) + self.alpha_layers
 
     @property
     def width(self) -> int:
-        """Residual width: 3d + 2 (default) or 4d + 2 (merged); adaptive: 4d + 5 or 5d + 5."""
-        return (4 if self.form == "merged" else 3) * self.d + 2 + (self.d + 3 if self.adaptive else 0)
+        """Residual width: 3d + 2 (default), 4d + 2 (merged), 6d + 2 (hyperpower); adaptive: + d + 3."""
+        base = {"default": 3, "merged": 4, "hyperpower": 6}[self.form] * self.d + 2
+        return base + (self.d + 3 if self.adaptive else 0)
+
+    @property
+    def residual_power(self) -> int:
+        """P with I − M S = (I − αS²)^P for the read-out's M: 2^k, or 4·3^j (hyperpower)."""
+        return 4 * 3 ** self.n_order3 if self.form == "hyperpower" else 2 ** self.k
 
     @property
     def n_prefix(self) -> int:
@@ -194,9 +222,37 @@ def min_layers(k: int) -> int:
     return L
 
 
+def layers_table(ks=(4, 6, 8, 10, 12, 16, 20, 24, 30, 40)) -> list[dict[str, int]]:
+    """Layers needed to match Newton-k, per form, with the degree lower bound (README table).
+
+    One dict per k: ``{"k", "default" (k + 2), "merged" (k + 1), "hyperpower" (j + 3 with
+    4·3^j ≥ 2^k), "lower_bound" (:func:`min_layers`), "residual_power" (4·3^j)}``; k ≥ 2.
+    """
+    rows = []
+    for k in ks:
+        k = check_int("k", k, 2)
+        j = hyperpower_depth(k)
+        rows.append({"k": k, "default": k + 2, "merged": k + 1, "hyperpower": j + 3,
+                     "lower_bound": min_layers(k), "residual_power": 4 * 3 ** j})
+    return rows
+
+
+def layers_table_markdown(ks=(4, 6, 8, 10, 12, 16, 20, 24, 30, 40)) -> str:
+    """:func:`layers_table` as the README's markdown table (k across, one row per form)."""
+    rows = layers_table(ks)
+    lines = ["| k | " + " | ".join(str(r["k"]) for r in rows) + " |",
+             "|---|" + "---|" * len(rows)]
+    for key, label in (("default", "k+2 form"), ("merged", "merged (k+1)"),
+                       ("hyperpower", "hyperpower (j+3)"), ("lower_bound", "degree lower bound")):
+        lines.append(f"| {label} | " + " | ".join(str(r[key]) for r in rows) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ pass 1: layout
 def make_layout(spec: NewtonSpec) -> ResidualLayout:
     d = spec.d
+    if spec.form == "hyperpower":
+        return _hyper_layout(spec)
     sizes = [
         ("x", d, "x_i on train tokens (√λ e_m on ridge prefix tokens); 0 on the query"),
         ("xq", d, "x_q on the query token; 0 elsewhere"),
@@ -245,10 +301,51 @@ def make_layout(spec: NewtonSpec) -> ResidualLayout:
     return ResidualLayout.from_sizes(sizes, stages)
 
 
+def _hyper_layout(spec: NewtonSpec) -> ResidualLayout:
+    d, j = spec.d, spec.n_order3
+    sizes = [
+        ("x", d, "x_i on train tokens (√λ e_m on ridge prefix tokens); 0 on the query"),
+        ("xq", d, "x_q on the query token; 0 elsewhere"),
+        ("u", d, "M z on train/prefix tokens; 0 on the query (u is a key/value)"),
+        ("c", d, "S M z on train/prefix tokens; 0 on the query (c is a key/value)"),
+        ("uq", d, "M x_q on the query; 0 elsewhere (only ever a query)"),
+        ("cq", d, "S M x_q on the query; 0 elsewhere (only ever a query)"),
+        ("y", 1, "y_i on train tokens; 0 on the query"),
+        ("out", 1, "the prediction, at the query token"),
+    ]
+    fixed = {"x": "x_i", "xq": "x_q", "y": "y_i"}
+    stages = [("read-in", dict(fixed, u="0", c="0", uq="0", cq="0", out="0"))]
+    stages.append(("L0 init", dict(fixed, u="M⁽¹⁾ z = αS z", c="σ S z (train)", uq="M⁽¹⁾ x_q", cq="0", out="0")))
+    stages.append(("L1 newton+c-init", dict(fixed, u="M⁽²⁾ z", c="S M⁽²⁾ z", uq="M⁽²⁾ x_q", cq="S M⁽²⁾ x_q", out="0")))
+    for i in range(1, j + 1):
+        p = f"M⁽{2 * 3 ** i}⁾"
+        stages.append((f"L{i + 1} order3", dict(fixed, u=f"{p} z", c=f"S {p} z", uq=f"{p} x_q", cq=f"S {p} x_q", out="0")))
+    p = f"M⁽{2 * 3 ** j}⁾"
+    stages.append((f"L{j + 2} readout", dict(fixed, u=f"{p} z", c=f"S {p} z", uq=f"{p} x_q", cq=f"S {p} x_q",
+                                              out=f"x_qᵀ M⁽{4 * 3 ** j}⁾ Xᵀy (query)")))
+    return ResidualLayout.from_sizes(sizes, stages)
+
+
 # ------------------------------------------------------------------------------ pass 2: blocks
 def make_blocks(spec: NewtonSpec, layout: ResidualLayout) -> tuple[list[BlockSpec], list[int]]:
     """Distinct blocks and the schedule (block index per layer)."""
     d, a = spec.d, spec.attn
+    if spec.form == "hyperpower":
+        if spec.printed_paper:
+            raise ValueError("printed_paper is only built for the default form")
+        blocks = [hyper_init_block(layout, d, spec.alpha, a), hyper_c_init_block(layout, d, spec.alpha, a)]
+        schedule = [0, 1]
+        step = order3_block(layout, d, a)
+        if spec.looped and spec.n_order3:
+            blocks.append(step)
+            schedule += [2] * spec.n_order3
+        else:
+            for _ in range(spec.n_order3):
+                schedule.append(len(blocks))
+                blocks.append(step)
+        schedule.append(len(blocks))
+        blocks.append(hyper_readout_block(layout, d, a))
+        return blocks, schedule
     if spec.adaptive:
         pl = spec.pl
         park = "c" if spec.form == "merged" else None  # where the query's S x_q waits (merged only)
@@ -298,14 +395,15 @@ def make_blocks(spec: NewtonSpec, layout: ResidualLayout) -> tuple[list[BlockSpe
 def assemble(spec: NewtonSpec, layout: ResidualLayout, blocks: list[BlockSpec], schedule: list[int]) -> Transformer:
     """Place block weights in a :class:`Transformer` (float64)."""
     d = spec.d
-    n_heads = max(len(b.heads) for b in blocks)
-    d_head = max(h.d_head for b in blocks for h in b.heads)
+    n_heads = max((len(b.heads) for b in blocks), default=1)
+    d_head = max((h.d_head for b in blocks for h in b.heads), default=1)
     mlps = [b.mlp for b in blocks if b.mlp is not None]
     d_mlp = max((m.width for m in mlps), default=1)
+    mlp = "relu" if mlps else None
     cfg = TransformerConfig(
         d_model=layout.width, n_layers=len(schedule), n_heads=n_heads, d_head=d_head,
         d_in=2 * d + 1, d_out=1, attn=spec.attn, causal=False, attn_norm=spec.normalize,
-        attn_scale=1.0, mlp="relu", d_mlp=d_mlp, layernorm=False, bias=False,
+        attn_scale=1.0, mlp=mlp, d_mlp=d_mlp if mlp else 0, layernorm=False, bias=False,
         max_len=0, n_prefix=spec.n_prefix, n_blocks=len(blocks), schedule=tuple(schedule),
     )
     model = Transformer(cfg).to(torch.float64)
@@ -314,7 +412,7 @@ def assemble(spec: NewtonSpec, layout: ResidualLayout, blocks: list[BlockSpec], 
         W = torch.zeros(2 * d + 1, layout.width, dtype=torch.float64)
         W[:d, layout["x"]] = torch.eye(d, dtype=torch.float64)
         W[d:2 * d, layout["xq"]] = torch.eye(d, dtype=torch.float64)
-        W[2 * d, layout["y"]] = 1.0
+        W[2 * d, layout["y" if "y" in layout else "r"]] = 1.0  # GD keeps y in its residual slot r
         model.W_in.copy_(W)
         model.W_out.zero_()
         model.W_out[layout["out"], 0] = 1.0
@@ -357,8 +455,9 @@ def build_newton_transformer(
     """Build a transformer that runs k steps of Iterative Newton in context (see module doc).
 
     Returns a :class:`~construct.model.NewtonTransformer` (a ``torch.nn.Module``) with
-    ``predict(X, y, x_query)``, ``predict_all(X, y)``, ``n_layers`` (k+2, or k+1 merged),
-    ``layout``, ``describe()`` and ``save(path)``.
+    ``predict(X, y, x_query)``, ``predict_all(X, y)``, ``n_layers`` (k+2; k+1 merged; j+3
+    hyperpower), ``residual_power`` (P with I − MS = (I − αS²)^P), ``layout``, ``describe()`` and
+    ``save(path)``.  ``form="hyperpower"`` with k < 2 warns and builds the default form.
 
     ``alpha="adaptive"``: α is computed in the network from tr(S^p), p = ``alpha_trace``
     (see :mod:`construct.adaptive`); ``model.alpha_of(X)`` gives it.  ``alpha_range`` (log2
@@ -368,6 +467,13 @@ def build_newton_transformer(
 
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if form == "hyperpower" and isinstance(k, int) and not isinstance(k, bool) and 0 <= k < 2:
+        warnings.warn(
+            f"form='hyperpower' needs k >= 2 (its shortest network, 3 layers, already has residual power 4 = 2^2); "
+            f"for k={k} the default form is built instead ({k + 2} layers, the same residual power 2^{k})",
+            UserWarning, stacklevel=2,
+        )
+        form = "default"
     adaptive_kw = {}
     if isinstance(alpha, str) and alpha == "adaptive":
         adaptive_kw = dict(alpha_trace=alpha_trace,
@@ -377,3 +483,103 @@ def build_newton_transformer(
     spec = NewtonSpec(d=d, k=k, alpha=alpha, attn=attn, normalize=normalize, lam=lam,
                       form=form, looped=looped, printed_paper=printed_paper, **adaptive_kw)
     return NewtonTransformer(spec).to(dtype)
+
+
+# ------------------------------------------------------------------------------ gradient descent
+@dataclass(frozen=True)
+class GDSpec:
+    """Everything that determines a hand-built gradient-descent network.  Validates itself."""
+
+    d: int                       # data dimension (>= 1)
+    steps: int                   # GD steps s (>= 0); the network has s layers
+    lr: float                    # step size η (> 0, finite); η_eff = η/N when normalize
+    attn: str = "relu"           # "relu" (signed head pairs) | "linear"
+    normalize: bool = False      # 1/N attention normalisation
+
+    def __post_init__(self) -> None:
+        check_int("d", self.d, 1)
+        check_int("steps", self.steps, 0)
+        check_real("lr", self.lr, positive=True)
+        if self.attn not in ATTNS:
+            raise ValueError(f"attn must be one of {ATTNS} for the GD construction, got {self.attn!r}")
+        if not isinstance(self.normalize, bool):
+            raise TypeError(f"normalize must be a bool, got {self.normalize!r}")
+        object.__setattr__(self, "lr", float(self.lr))
+
+    @property
+    def n_layers(self) -> int:
+        return self.steps
+
+    @property
+    def width(self) -> int:
+        """Residual width D = 2d + 2."""
+        return 2 * self.d + 2
+
+    @property
+    def n_prefix(self) -> int:
+        return 0
+
+    @property
+    def lam(self) -> float:
+        return 0.0
+
+    @property
+    def n_ridge(self) -> int:
+        return 0
+
+    @property
+    def adaptive(self) -> bool:
+        return False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GDSpec":
+        return config_from_dict(cls, d)
+
+
+def make_gd_layout(spec: GDSpec) -> ResidualLayout:
+    d = spec.d
+    sizes = [
+        ("x", d, "x_i on train tokens; 0 on the query"),
+        ("xq", d, "x_q on the query token; 0 elsewhere"),
+        ("r", 1, "residual y_i − x_iᵀ w_s on train tokens (y_i at read-in); 0 on the query"),
+        ("out", 1, "x_qᵀ w_s on the query; 0 on train tokens"),
+    ]
+    stages = [("read-in", {"x": "x_i", "xq": "x_q", "r": "y_i", "out": "0"})]
+    for s in range(1, spec.steps + 1):
+        stages.append((f"L{s - 1} gd", {"x": "x_i", "xq": "x_q", "r": f"y_i − x_iᵀ w_{s}", "out": f"x_qᵀ w_{s} (query)"}))
+    return ResidualLayout.from_sizes(sizes, stages)
+
+
+def make_gd_blocks(spec: GDSpec, layout: ResidualLayout) -> tuple[list[BlockSpec], list[int]]:
+    """One GD block shared by all ``steps`` layers (weight-tied), or none for steps = 0."""
+    if spec.steps == 0:
+        return [], []
+    return [gd_block(layout, spec.d, spec.lr, spec.attn)], [0] * spec.steps
+
+
+def build_gd_transformer(
+    d: int,
+    steps: int,
+    lr: float,
+    *,
+    attn: str = "relu",
+    normalize: bool = False,
+    dtype: torch.dtype = torch.float64,
+):
+    """Build a transformer that runs ``steps`` steps of gradient descent from w = 0 in context.
+
+    ``predict(X, y, x_query)`` returns x_qᵀ w_s with w ← w − lr·(S w − Xᵀy), the convention of
+    :func:`verify.gd_predictions` (``model.predict_all(X, y)`` equals its all-prefix output).
+    ``steps`` layers (one identical, weight-tied block), residual width 2d + 2, exact in rational
+    arithmetic (see :mod:`construct.blocks.gd`).  ``normalize=True`` divides every attention sum by
+    the N tokens, i.e. GD with lr_eff = lr/N.  A fixed lr with lr_eff·λ_max(S) ≥ 2 diverges:
+    ``predict`` raises :class:`~construct.alpha.AlphaDivergenceError`.
+    """
+    from .model import GDTransformer
+
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    return GDTransformer(GDSpec(d=d, steps=steps, lr=lr, attn=attn, normalize=normalize)).to(dtype)

@@ -1,4 +1,4 @@
-"""The hand-built Newton network as a ``torch.nn.Module`` with a prompt-level API."""
+"""The hand-built networks (Newton, hyperpower, gradient descent) as ``torch.nn.Module``s with a prompt-level API."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from .adaptive import default_range, pl_alpha, trace_power
-from .alpha import check_alpha
-from .builder import NewtonSpec, assemble, make_blocks, make_layout
+from .adaptive import AlphaRangeError, default_range, pl_alpha, trace_power
+from .alpha import check_alpha, check_lr
+from .builder import GDSpec, NewtonSpec, assemble, make_blocks, make_gd_blocks, make_gd_layout, make_layout
 from .checkpoint import SavableModel, register_kind
 from .layout import ResidualLayout
 from .hooks import HookedMixin
@@ -16,8 +16,150 @@ from .transformer import Transformer
 from .validate import as_tensor, check_prompts
 
 
+PREFIX_GROUPS = 16  # predict_all runs the n prefixes in this many length groups (≈ 10% padding)
+
+
+class HandBuiltModel(HookedMixin, SavableModel):
+    """What every hand-built network shares: prompt encoding, prediction, caches, hooks.
+
+    Subclasses set ``spec`` (with ``d``, ``n_prefix``, ``normalize``, ``adaptive``), ``layout``,
+    ``block_specs``, ``schedule`` and ``transformer``, and define ``_alpha_check``.
+    Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P prefix
+    tokens, n train tokens, then the query.
+    """
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def n_layers(self) -> int:
+        return self.transformer.cfg.n_layers
+
+    @property
+    def d(self) -> int:
+        return self.spec.d
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.W_in.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.W_in.device
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [self.block_specs[b].name for b in self.schedule]
+
+    # ------------------------------------------------------------------ tokens
+    def encode(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        """Token features (B, n + 1, 2d + 1): train tokens [x_i, 0, y_i], query [0, x_q, 0]."""
+        B, n, d = X.shape
+        tok = X.new_zeros(B, n + 1, 2 * d + 1)
+        tok[:, :n, :d] = X
+        tok[:, :n, 2 * d] = y
+        tok[:, n, d:2 * d] = x_query
+        return tok
+
+    def _check(self, X, y, x_query=None, min_n=1):
+        return check_prompts(X, y, x_query, d=self.d, dtype=self.dtype, device=self.device, min_n=min_n)
+
+    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.transformer(tokens, key_mask)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict(self, X, y, x_query, check_alpha: str = "raise") -> torch.Tensor:
+        """Prediction for x_query from the n examples: (B,) = x_qᵀ M Xᵀ y (Newton) or x_qᵀ w_s (GD).
+
+        ``check_alpha``: "raise" (default) raises AlphaDivergenceError when the built-in step size
+        diverges on a prompt (Newton: α_eff·λ_max(S+λI)² ≥ 2; GD: lr_eff·λ_max(S) ≥ 2), "warn"
+        warns, "ignore" skips the check.
+        An adaptive model never diverges; it raises AlphaRangeError (whatever ``check_alpha``)
+        when a prompt's tr(S^p) lies outside its valid range, since its α would be wrong there.
+        """
+        X, y, x_query = self._check(X, y, x_query)
+        self._alpha_check(X, X.shape[1] + 1 + self.spec.n_prefix, check_alpha)
+        out = self.transformer(self.encode(X, y, x_query))  # (B, P+n+1, 1)
+        return out[:, -1, 0]
+
+    @torch.no_grad()
+    def predict_all(self, X, y, check_alpha: str = "raise") -> torch.Tensor:
+        """All-prefix predictions (B, n): position t predicts y_t from examples 0..t−1 (t=0 gives 0).
+
+        Runs the B·n prefix prompts of :meth:`prefix_prompts`, grouped by length: cost
+        O(B · (k+2) · Σ_t t² · d) ≈ O(B · k · n³ · d / 3), a third of running every prefix at full
+        length (``construct.reference_forward.reference_predict_all``, the previous path).
+        """
+        X, y, _ = self._check(X, y, None)
+        B, n, d = X.shape
+        if check_alpha != "ignore" or self.spec.adaptive:
+            t = torch.arange(n, device=X.device)
+            visible = t[None, :] < t[:, None]  # (n, n): train token j visible for prefix t iff j < t
+            Xm = X[:, None] * visible[None, :, :, None].to(X.dtype)  # (B, n, n, d)
+            norm = (t + 1 + self.spec.n_prefix).to(X.dtype).repeat(B)
+            self._alpha_check(Xm.reshape(B * n, n, d), norm, check_alpha)
+        out = X.new_empty(B, n)
+        for lo, hi, tokens, key_mask in self.prefix_prompts(X, y):
+            out[:, lo:hi] = self.transformer(tokens, key_mask)[:, -1, 0].reshape(B, hi - lo)
+        return out
+
+    def prefix_prompts(self, X: torch.Tensor, y: torch.Tensor, groups: int = PREFIX_GROUPS):
+        """Yield ``(lo, hi, tokens, key_mask)``: the prefix prompts t = lo..hi−1 of every prompt.
+
+        Prompt (b, t) predicts y_t from examples 0..t−1 with x_t as its query.  Prefixes are run
+        in ``groups`` groups of consecutive t; group [lo, hi) holds hi − 1 train tokens and the
+        query, ``tokens`` (B·(hi−lo), hi, 2d+1) ordered (b, t), with train tokens j ≥ t hidden by
+        ``key_mask`` (None when nothing is hidden).
+
+        Exact: a hidden token is never a key and the 1/N normalisation counts visible keys only,
+        so every visible token computes the same numbers whether hidden tokens exist or not (the
+        tests check this against the full-length prompts to 1e-12).  A model with learned
+        positions (``max_len``) keeps all n train tokens in every group, so that the query stays
+        at position n.
+        """
+        B, n, d = X.shape
+        w = -(-n // max(1, min(int(groups), n)))  # prefixes per group
+        for lo in range(0, n, w):
+            hi = min(lo + w, n)
+            T = n if self.transformer.cfg.max_len else hi - 1  # train tokens in this group's prompts
+            G = hi - lo
+            ts = torch.arange(lo, hi, device=X.device)
+            Xg = X[:, None, :T].expand(B, G, T, d).reshape(B * G, T, d)  # (B·G, T, d)
+            yg = y[:, None, :T].expand(B, G, T).reshape(B * G, T)
+            xq = X[:, lo:hi].reshape(B * G, d)  # query of prompt (b, t) is x_t
+            vis = torch.arange(T, device=X.device)[None, :] < ts[:, None]  # (G, T)
+            key_mask = None
+            if not bool(vis.all()):
+                key_mask = torch.cat([vis, torch.ones(G, 1, dtype=torch.bool, device=X.device)], 1)  # (G, T+1)
+                key_mask = key_mask[None].expand(B, G, T + 1).reshape(B * G, T + 1)
+            yield lo, hi, self.encode(Xg, yg, xq), key_mask
+
+    def _hooked_run(self, X, y, x_query) -> torch.Tensor:
+        """The query prediction (B,), without the α check: what ``run_with_hooks`` / ``run_with_cache`` run.
+
+        ``model.run_with_cache(X, y, x_query, names_filter=None)`` returns ``(prediction (B,), cache)``
+        with the hooked activations (TransformerLens names, one entry per layer; see
+        :mod:`construct.hooks`).  Residual streams have shape (B, P + n + 1, D); slice them with
+        ``model.layout[slot]``.
+        """
+        X, y, x_query = self._check(X, y, x_query)
+        return self.transformer(self.encode(X, y, x_query))[:, -1, 0]
+
+    def residual_streams(self, X, y, x_query, return_prediction: bool = False, stack: bool = True):
+        """Residual stream after the read-in and after each layer: (L + 1, B, P + n + 1, D).
+
+        ``return_prediction=True`` gives ``(streams, prediction (B,))`` from the same single run;
+        ``stack=False`` gives the streams as a list of L + 1 tensors (B, P + n + 1, D).
+        """
+        X, y, x_query = self._check(X, y, x_query)
+        res = self.transformer.residual_streams(self.encode(X, y, x_query), return_output=return_prediction, stack=stack)
+        return (res[0], res[1][:, -1, 0]) if return_prediction else res
+
+    def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
 @register_kind("newton")
-class NewtonTransformer(HookedMixin, SavableModel):
+class NewtonTransformer(HandBuiltModel):
     """k steps of Iterative Newton, hand-built on :class:`~construct.transformer.Transformer`.
 
     Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P ridge prefix
@@ -33,28 +175,30 @@ class NewtonTransformer(HookedMixin, SavableModel):
 
     # ------------------------------------------------------------------ facts
     @property
-    def n_layers(self) -> int:
-        return self.transformer.cfg.n_layers
-
-    @property
-    def d(self) -> int:
-        return self.spec.d
-
-    @property
     def k(self) -> int:
         return self.spec.k
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.W_in.dtype
+    def residual_power(self) -> int:
+        """P with I − M S = (I − αS²)^P for the M of the prediction: 2^k, or 4·3^j (hyperpower)."""
+        return self.spec.residual_power
 
     @property
-    def device(self) -> torch.device:
-        return self.transformer.W_in.device
+    def residual_power_after_layer(self) -> list[int]:
+        """Residual power of the M held in slot u (and uq) after each layer.
 
-    @property
-    def layer_names(self) -> list[str]:
-        return [self.block_specs[b].name for b in self.schedule]
+        The init layer holds M₀ = αS (power 1); a Newton layer doubles the power, an order-3
+        layer triples it, a read-out keeps it (the merged and hyperpower read-outs perform one
+        more Newton step inside the prediction only: ``residual_power`` is twice the last entry).
+        """
+        powers, p = [], 1
+        for name in self.layer_names:
+            if name.startswith("newton"):
+                p *= 2
+            elif name.startswith("order3"):
+                p *= 3
+            powers.append(p)
+        return powers
 
     @property
     def newton_step_after_layer(self) -> list[int]:
@@ -71,19 +215,6 @@ class NewtonTransformer(HookedMixin, SavableModel):
         spec = dataclasses.replace(self.spec, looped=True, k=self.spec.k if k is None else k)
         return NewtonTransformer(spec).to(self.dtype)
 
-    # ------------------------------------------------------------------ tokens
-    def encode(self, X: torch.Tensor, y: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
-        """Token features (B, n + 1, 2d + 1): train tokens [x_i, 0, y_i], query [0, x_q, 0]."""
-        B, n, d = X.shape
-        tok = X.new_zeros(B, n + 1, 2 * d + 1)
-        tok[:, :n, :d] = X
-        tok[:, :n, 2 * d] = y
-        tok[:, n, d:2 * d] = x_query
-        return tok
-
-    def _check(self, X, y, x_query=None, min_n=1):
-        return check_prompts(X, y, x_query, d=self.d, dtype=self.dtype, device=self.device, min_n=min_n)
-
     def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
         if self.spec.adaptive:
             self._alpha_of(X)  # never diverges; raises AlphaRangeError outside the valid range
@@ -94,7 +225,7 @@ class NewtonTransformer(HookedMixin, SavableModel):
         lo, hi = self.spec.alpha_range
         dlo, dhi = default_range(self.dtype)
         if lo < dlo or hi > dhi:
-            raise ValueError(
+            raise AlphaRangeError(
                 f"this adaptive model was built for alpha_range=({lo}, {hi}) but is now {self.dtype}, which holds "
                 f"only ({dlo}, {dhi}) (its PL weights would overflow); rebuild with dtype={self.dtype}"
             )
@@ -117,79 +248,28 @@ class NewtonTransformer(HookedMixin, SavableModel):
         a = self.spec.alpha / (N * N if self.spec.normalize else 1.0)
         return torch.full((X.shape[0],), a, dtype=torch.float64)
 
-    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.transformer(tokens, key_mask)
-
-    # ------------------------------------------------------------------ prediction
-    @torch.no_grad()
-    def predict(self, X, y, x_query, check_alpha: str = "raise") -> torch.Tensor:
-        """Prediction for x_query from the n examples: (B,) = x_qᵀ M_k Xᵀ y.
-
-        ``check_alpha``: "raise" (default) raises AlphaDivergenceError when the built-in α
-        diverges on a prompt (α_eff·λ_max(S+λI)² ≥ 2), "warn" warns, "ignore" skips the check.
-        An adaptive model never diverges; it raises AlphaRangeError (whatever ``check_alpha``)
-        when a prompt's tr(S^p) lies outside its valid range, since its α would be wrong there.
-        """
-        X, y, x_query = self._check(X, y, x_query)
-        self._alpha_check(X, X.shape[1] + 1 + self.spec.n_prefix, check_alpha)
-        out = self.transformer(self.encode(X, y, x_query))  # (B, P+n+1, 1)
-        return out[:, -1, 0]
-
-    @torch.no_grad()
-    def predict_all(self, X, y, check_alpha: str = "raise") -> torch.Tensor:
-        """All-prefix predictions (B, n): position t predicts y_t from examples 0..t−1 (t=0 gives 0).
-
-        Runs B·n prompts at once: prompt (b, t) holds all n train tokens with tokens ≥ t hidden
-        by the key mask, and x_t as the query.  Cost O(B · n · (k+2) · n² · d).
-        """
-        X, y, _ = self._check(X, y, None)
-        B, n, d = X.shape
-        Xt = X[:, None].expand(B, n, n, d).reshape(B * n, n, d)  # (B·n, n, d)
-        yt = y[:, None].expand(B, n, n).reshape(B * n, n)
-        xq = X.reshape(B * n, d)  # query of prompt (b, t) is x_t
-        t = torch.arange(n, device=X.device)
-        visible = (t[None, :] < t[:, None])  # (n, n): train token j visible for prefix t iff j < t
-        key_mask = torch.cat([visible, torch.ones(n, 1, dtype=torch.bool, device=X.device)], 1)  # (n, n+1)
-        key_mask = key_mask[None].expand(B, n, n + 1).reshape(B * n, n + 1)
-        if check_alpha != "ignore" or self.spec.adaptive:
-            Xm = Xt * visible[None].expand(B, n, n).reshape(B * n, n, 1).to(X.dtype)
-            norm = (t + 1 + self.spec.n_prefix).to(X.dtype).repeat(B)
-            self._alpha_check(Xm, norm, check_alpha)
-        out = self.transformer(self.encode(Xt, yt, xq), key_mask)  # (B·n, P+n+1, 1)
-        return out[:, -1, 0].reshape(B, n)
-
-    def _hooked_run(self, X, y, x_query) -> torch.Tensor:
-        """The query prediction (B,), without the α check: what ``run_with_hooks`` / ``run_with_cache`` run.
-
-        ``model.run_with_cache(X, y, x_query, names_filter=None)`` returns ``(prediction (B,), cache)``
-        with the hooked activations (TransformerLens names, one entry per layer; see
-        :mod:`construct.hooks`).  Residual streams have shape (B, P + n + 1, D); slice them with
-        ``model.layout[slot]``.
-        """
-        X, y, x_query = self._check(X, y, x_query)
-        return self.transformer(self.encode(X, y, x_query))[:, -1, 0]
-
-    def residual_streams(self, X, y, x_query, return_prediction: bool = False):
-        """Residual stream after the read-in and after each layer: (L + 1, B, P + n + 1, D).
-
-        ``return_prediction=True`` gives ``(streams, prediction (B,))`` from the same single run.
-        """
-        X, y, x_query = self._check(X, y, x_query)
-        res = self.transformer.residual_streams(self.encode(X, y, x_query), return_output=return_prediction)
-        return (res[0], res[1][:, -1, 0]) if return_prediction else res
-
     # ------------------------------------------------------------------ description
     def describe(self) -> str:
         s = self.spec
         a = (f"adaptive (f(tr(S^{s.alpha_trace})), range 2^{s.alpha_range[0]}..2^{s.alpha_range[1]})"
              if s.adaptive else f"{s.alpha:g}")
-        form = ("k+1 merged" if s.form == "merged" else "k+2") + (f"+{s.alpha_layers} adaptive" if s.adaptive else "")
-        wf = ("4d+2" if s.form == "merged" else "3d+2") if not s.adaptive else ("5d+5" if s.form == "merged" else "4d+5")
+        from .builder import min_layers
+
+        form = {"default": "k+2", "merged": "k+1 merged",
+                "hyperpower": f"j+3 hyperpower, j={s.n_order3} order-3 layers"}[s.form]
+        form += f"+{s.alpha_layers} adaptive" if s.adaptive else ""
+        wf = {"default": "3d+2", "merged": "4d+2", "hyperpower": "6d+2"}[s.form]
+        if s.adaptive:
+            wf = {"default": "4d+5", "merged": "5d+5"}[s.form]
+        P = self.residual_power
         lines = [
             f"NewtonTransformer: d={s.d}, k={s.k}, alpha={a}, attn={s.attn}, "
             f"normalize={s.normalize}, lam={s.lam:g}, form={s.form}, looped={s.looped}"
             + (", PRINTED-PAPER (wrong on purpose)" if s.printed_paper else ""),
-            f"layers: {self.n_layers} ({form}); "
+            f"layers: {self.n_layers} ({form}); degree lower bound for Newton-{s.k} accuracy: "
+            f"construct.min_layers({s.k}) = {min_layers(s.k)} (3^L >= 2^(k+2)+1)",
+            f"residual power P = {P}: I - M S = (I - alpha S^2)^{P}"
+            + (f" >= 2^{s.k} (at least Newton-{s.k}'s accuracy)" if s.form == "hyperpower" else f" = 2^{s.k}"),
             f"residual width D = {self.layout.width} "
             f"({wf}); heads/layer = {self.transformer.cfg.n_heads}; "
             f"head width = {self.transformer.cfg.d_head}; MLP width = {self.transformer.cfg.hidden_mlp}; "
@@ -217,3 +297,57 @@ class NewtonTransformer(HookedMixin, SavableModel):
         if "spec" not in cfg:
             raise ValueError("config lacks 'spec'")
         return cls(NewtonSpec.from_dict(cfg["spec"]))
+
+
+@register_kind("gd")
+class GDTransformer(HandBuiltModel):
+    """``steps`` steps of gradient descent from w = 0, hand-built (von Oswald et al. 2023 style).
+
+    ``predict(X, y, x_query)`` equals x_qᵀ w_s with w ← w − lr·(S w − Xᵀy) (no 1/n), the convention
+    of :func:`verify.gd_predictions`; under ``normalize`` lr is relative to S/N (lr_eff = lr/N).
+    One identical layer per step (stored once, weight-tied), width 2d + 2; see
+    :mod:`construct.blocks.gd`.
+    """
+
+    def __init__(self, spec: GDSpec):
+        super().__init__()
+        self.spec = spec
+        self.layout: ResidualLayout = make_gd_layout(spec)
+        self.block_specs, self.schedule = make_gd_blocks(spec, self.layout)
+        self.transformer: Transformer = assemble(spec, self.layout, self.block_specs, self.schedule)
+
+    @property
+    def steps(self) -> int:
+        return self.spec.steps
+
+    def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
+        check_lr(X, self.spec.lr, norm if self.spec.normalize else 1.0, on_diverge)
+
+    def describe(self) -> str:
+        s = self.spec
+        lines = [
+            f"GDTransformer: d={s.d}, steps={s.steps}, lr={s.lr:g}, attn={s.attn}, normalize={s.normalize}",
+            f"layers: {self.n_layers} (one per GD step, all sharing one weight block); "
+            f"residual width D = {self.layout.width} (2d+2); heads/layer = {self.transformer.cfg.n_heads}; "
+            f"head width = {self.transformer.cfg.d_head}; no MLP; "
+            f"parameters = {sum(p.numel() for p in self.parameters())}",
+            f"converges iff 0 < lr_eff*lambda_max(S) < 2 (lr_eff = lr{'/N' if s.normalize else ''})",
+            "",
+            self.layout.table(),
+            "",
+            "layer  block  heads  computes",
+        ]
+        for i, b in enumerate(self.schedule):
+            bs = self.block_specs[b]
+            lines.append(f"{i:<5}  {bs.name:<5}  {len(bs.heads):<5}  {bs.summary}")
+        lines += ["", "slot contents after each stage (w_s = s GD steps from 0):", self.layout.stage_table()]
+        return "\n".join(lines)
+
+    def config_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "layout": self.layout.to_dict()}
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict) -> "GDTransformer":
+        if "spec" not in cfg:
+            raise ValueError("config lacks 'spec'")
+        return cls(GDSpec.from_dict(cfg["spec"]))

@@ -62,7 +62,7 @@ def _mlp(blk: Block, x: torch.Tensor) -> torch.Tensor:
     h = x @ m.W_in  # (B, N, M)
     if m.bias:
         h = h + m.b_in
-    h = F.relu(h) if m.act == "relu" else F.gelu(h)
+    h = F.relu(h) if m.act == "relu" else F.gelu(h, approximate="tanh" if m.act == "gelu_new" else "none")
     out = h @ m.W_out
     return out + m.b_out if m.bias else out
 

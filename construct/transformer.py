@@ -177,6 +177,40 @@ class _AttnCtx:
             self.row_scale = scale
 
 
+def _used_runs(W: torch.Tensor) -> list[tuple[int, int]] | None:
+    """Contiguous runs [a, b) of the input columns that a (out, in) weight reads.
+
+    None means "read everything": under autograd (training), or when the zero columns are under
+    a quarter of the input or split into more than 4 runs.  Hand-set weights read a few slots, so
+    inference on them skips the rest (the skipped terms are exact zeros times finite inputs).
+    """
+    if torch.is_grad_enabled():
+        return None
+    used = (W != 0).any(dim=0).tolist()
+    if sum(used) > 0.75 * len(used):
+        return None
+    runs, start = [], None
+    for i, u in enumerate(used + [False]):
+        if u and start is None:
+            start = i
+        elif not u and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs if len(runs) <= 4 else None
+
+
+def _linear_in(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, W, b)`` for W (out, in), reading only the input slots W uses."""
+    runs = _used_runs(W)
+    if runs is None or not x.is_contiguous():
+        return F.linear(x, W, b)
+    x2 = x.reshape(-1, x.shape[-1])  # (B·N, in)
+    out = b.expand(x2.shape[0], -1).clone() if b is not None else x2.new_zeros(x2.shape[0], W.shape[0])
+    for a0, a1 in runs:  # strided views, no copies: out += x[:, a0:a1] W[:, a0:a1]ᵀ
+        out.addmm_(x2[:, a0:a1], W[:, a0:a1].t())
+    return out.view(*x.shape[:-1], W.shape[0])
+
+
 class Attention(nn.Module):
     """Per-head weights ``W_Q[h]`` (D, Dh) ... ``W_O[h]`` (Dh, D); the forward fuses them on the fly."""
 
@@ -205,7 +239,7 @@ class Attention(nn.Module):
         B, N, _ = x.shape  # x (B, N, D)
         H, Dh, kind = self.cfg.n_heads, self.cfg.d_head, self.cfg.attn
         W, b = self.qkv_weight()
-        q, k, v = F.linear(x, W, b).view(B, N, 3, H, Dh).unbind(2)  # each (B, N, H, Dh)
+        q, k, v = _linear_in(x, W, b).view(B, N, 3, H, Dh).unbind(2)  # each (B, N, H, Dh)
         q, k, v = hk.hook_q(q), hk.hook_k(k), hk.hook_v(v)
         if kind == "softmax" and not (hk.hook_attn_scores.active or hk.hook_pattern.active):
             z = F.scaled_dot_product_attention(  # (B, H, N, Dh)
@@ -231,8 +265,11 @@ class Attention(nn.Module):
             else:
                 if ctx.causal is not None:
                     s = s.masked_fill(~ctx.causal, 0.0)
-                s = hk.hook_attn_scores(s)
-                a = torch.relu(s) if kind == "relu" else s
+                if hk.hook_attn_scores.active:  # the cache keeps s: no in-place activation
+                    s = hk.hook_attn_scores(s)
+                    a = torch.relu(s) if kind == "relu" else s
+                else:  # s is a fresh matmul output that autograd does not need: ReLU in place
+                    a = s.relu_() if kind == "relu" else s
             a = hk.hook_pattern(a)
             z = a @ v.transpose(1, 2)  # (B, H, N, Dh)
         z = hk.hook_z(z.transpose(1, 2))  # (B, N, H, Dh)
@@ -253,12 +290,11 @@ class MLP(nn.Module):
             self.b_out = nn.Parameter(torch.zeros(D))
 
     def forward(self, x: torch.Tensor, hk: "MLPHooks") -> torch.Tensor:
-        h = hk.hook_pre(F.linear(x, self.W_in.t(), self.b_in if self.bias else None))  # (B, N, M)
-        if self.act == "relu":
-            h = F.relu(h)
+        h = hk.hook_pre(_linear_in(x, self.W_in.t(), self.b_in if self.bias else None))  # (B, N, M)
+        if self.act == "relu":  # in place unless a hook holds the pre-activation
+            h = hk.hook_post(torch.relu(h) if hk.hook_pre.active else h.relu_())
         else:
-            h = F.gelu(h, approximate="tanh" if self.act == "gelu_new" else "none")
-        h = hk.hook_post(h)
+            h = hk.hook_post(F.gelu(h, approximate="tanh" if self.act == "gelu_new" else "none"))
         return F.linear(h, self.W_out.t(), self.b_out if self.bias else None)  # (B, N, D)
 
 
@@ -393,13 +429,15 @@ class Transformer(HookedMixin, nn.Module):
 
     # ------------------------------------------------------------------ hooks
     def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
-                         return_output: bool = False):
+                         return_output: bool = False, stack: bool = True):
         """Residual stream after the read-in and after every layer: (L+1, B, P+N, D).
 
-        ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run.
+        ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run;
+        ``stack=False`` gives the L + 1 streams as a list (no copy into one tensor).
         """
         L = self.cfg.n_layers
         want = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
         out, cache = self.run_with_cache(tokens, key_mask, names_filter=want)
-        streams = torch.stack([cache[n] for n in want])
+        streams = [cache[n] for n in want]
+        streams = torch.stack(streams) if stack else streams
         return (streams, out) if return_output else streams

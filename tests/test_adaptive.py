@@ -236,3 +236,74 @@ def _report_stats():
     yield
     if STATS:
         print(f"\nadaptive never-diverges check: {dict(STATS)}")
+
+
+# ----------------------------------------------------------------------------- verifiers
+@pytest.mark.parametrize("form", ["default", "merged"])
+def test_verify_model_checks_every_slot_including_alpha(form):
+    from verify import Report, verify_model
+
+    X, y, xq = _prompts(2, 6, 3, seed=11, scale=40.0)
+    m = build_newton_transformer(3, 4, "adaptive", form=form, lam=0.5)
+    r = verify_model(m, X, y, xq)
+    assert r.passed and r.alpha.adaptive and r.alpha.max_ratio <= ALPHA_C
+    L = m.n_layers
+    assert {row.slot for row in r.rows if row.layer == L - 1} >= {"u", "v", "one", "tau", "alpha", "out"}
+    assert r.row(1, "alpha").scale > 0 and r.row(0, "alpha").max_abs == 0
+    assert Report.from_json(r.to_json()).alpha.adaptive
+    # a wrong α MLP weight is caught at the α slot of the trace layer, before any Newton layer
+    # (unit j: the second with kink b_j above the largest τ, so active and significant on every prompt)
+    tau = float(trace_power(X, 3, 0.5).max())
+    j = int(np.searchsorted(np.asarray(m.spec.pl.kinks), tau)) + 1
+    with torch.no_grad():
+        m.transformer.blocks[1].mlp.W_out[j, m.layout["alpha"]] *= 1.001
+    bad = verify_model(m, X, y, xq)
+    assert not bad.passed and bad.first_failure.layer == 1 and bad.first_failure.slot == "alpha"
+
+
+@pytest.mark.parametrize("form", ["default", "merged"])
+@pytest.mark.parametrize("p", [1, 3])
+def test_exact_rational_check(form, p):
+    from verify import exact_check, random_rational_prompt
+
+    m = build_newton_transformer(3, 3, "adaptive", form=form, alpha_trace=p, lam=0.5)
+    X, y, xq = random_rational_prompt(3, 4, seed=p)
+    r = exact_check(m, X, y, xq)
+    assert r.passed, r.message
+    assert r.alpha_eff == pl_alpha_exact_ref(m, X)  # the α of the check is the spec's PL value, exactly
+    r2 = exact_check(m, X, y, xq, alpha=r.alpha_eff * Fraction(1001, 1000))
+    assert not r2.passed and r2.failing_slot == "alpha"
+
+
+def pl_alpha_exact_ref(m, X):
+    """f(τ) exactly, written here from the module formula (independent of verify.rational)."""
+    S = [[sum((Fraction(r[i]) * Fraction(r[j]) for r in X), Fraction(0)) for j in range(m.d)] for i in range(m.d)]
+    lam = Fraction(math.sqrt(m.spec.lam)) ** 2
+    S = [[S[i][j] + (lam if i == j else 0) for j in range(m.d)] for i in range(m.d)]
+    P = S
+    for _ in range(m.spec.alpha_trace - 1):
+        P = [[sum(P[i][e] * S[e][j] for e in range(m.d)) for j in range(m.d)] for i in range(m.d)]
+    tau = sum(P[i][i] for i in range(m.d))
+    fn = m.spec.pl
+    return sum(Fraction(w) * max(Fraction(b) - tau, Fraction(0)) for b, w in zip(fn.kinks, fn.weights))
+
+
+@pytest.mark.parametrize("form,p", [("default", 3), ("merged", 1)])
+def test_symbolic_check_alpha_as_a_symbol(form, p):
+    from verify import symbolic_check
+
+    m = build_newton_transformer(2, 2, "adaptive", form=form, alpha_trace=p)
+    r = symbolic_check(m, 2)
+    assert r.passed and r.error == "" and r.degree == r.expected_degree == 2 ** 4 + 1 + 2 ** 2
+    assert any("PL function exactly" in note for note in r.notes)
+    # a wrong scale head (the α multiply) is a wrong polynomial identity
+    with torch.no_grad():
+        m.transformer.blocks[2].attn.W_O[0] *= 1.5
+        m.transformer.blocks[2].attn.W_O[1] *= 1.5
+    assert not symbolic_check(m, 2).passed
+    # a PL weight that is not the spec's is refused by name
+    m2 = build_newton_transformer(2, 2, "adaptive", form=form, alpha_trace=p)
+    with torch.no_grad():
+        m2.transformer.blocks[m2.spec.alpha_layers - 1].mlp.W_out[3, m2.layout["alpha"]] *= 2  # inactive unit: still refused
+    r3 = symbolic_check(m2, 2)
+    assert not r3.passed and "PL function" in r3.error

@@ -245,3 +245,52 @@ def test_cli_proof_modes(saved, capsys):
     assert main([str(saved["good"]), "--certify", "--json"]) == 0
     assert '"passed": true' in capsys.readouterr().out
     assert main([str(saved["root"] / "nope"), "--certify"]) == 2
+
+
+# ============================================================================ hyperpower and GD programs
+def _has_hyperpower() -> bool:
+    from construct import builder
+    return "hyperpower" in getattr(builder, "FORMS", ())
+
+
+@pytest.mark.skipif(not _has_hyperpower(), reason="form='hyperpower' not built yet (issue 8)")
+@pytest.mark.parametrize("kw", [{}, {"attn": "linear"}, {"lam": 0.3, "normalize": True}, {"looped": True},
+                                {"attn": "linear", "lam": 0.2, "normalize": True, "looped": True}],
+                         ids=["relu", "linear", "ridge-normalize", "looped", "all"])
+def test_certify_hyperpower(kw):
+    for k in (2, 3, 8, 40):
+        model = build_newton_transformer(d=2, k=k, alpha=0.01, form="hyperpower", **kw)
+        cert = certify(model)
+        assert cert.passed, cert.message
+        assert any(f"P = {model.residual_power}," in f for f in cert.facts), cert.facts
+        assert cert.time < 1.0
+    assert "(3·M" in str(cert) or "3·M" in str(cert)
+    rng = random.Random(2)
+    model = build_newton_transformer(d=2, k=8, alpha=0.01, form="hyperpower", **kw)
+    names = [n for n, p in model.transformer.named_parameters() if torch.any(p != 0)]
+    for name in rng.sample(names, min(6, len(names))):
+        m = build_newton_transformer(d=2, k=8, alpha=0.01, form="hyperpower", **kw)
+        idx = rng.choice(torch.nonzero(dict(m.transformer.named_parameters())[name]).tolist())
+        _perturb(m, name, idx, 1 + 1e-12)
+        assert not certify(m).passed, (name, idx)
+
+
+def _gd_builder():
+    import construct
+    return getattr(construct, "build_gd_transformer", None)
+
+
+@pytest.mark.skipif(_gd_builder() is None, reason="build_gd_transformer not built yet (issue 8)")
+@pytest.mark.parametrize("kw", [{}, {"attn": "linear", "normalize": True}], ids=["relu", "linear-normalize"])
+def test_certify_gd(kw):
+    build = _gd_builder()
+    for steps in (0, 1, 5, 50):
+        cert = certify(build(3, steps, 0.01, **kw))
+        assert cert.passed, cert.message
+        assert any(f"(1 − η·S)^{steps}" in f for f in cert.facts) or steps == 0
+        assert steps == 0 or f"P{str(steps).translate(str.maketrans('0123456789', '₀₁₂₃₄₅₆₇₈₉'))}" in cert.table()
+    m = build(3, 5, 0.01, **kw)
+    with torch.no_grad():
+        w = m.transformer.blocks[m.transformer.cfg.layer_schedule[2]].attn.W_O
+        w[0][torch.nonzero(w[0])[0].tolist()[0], :] *= 1 + 1e-12
+    assert not certify(m).passed

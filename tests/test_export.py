@@ -143,3 +143,17 @@ def test_exact_model_must_be_compiled_first(tl):
 
     with pytest.raises(TypeError, match="to_gpt2"):
         to_transformer_lens(build_newton_transformer(3, 2, 0.02))
+
+
+def test_lens_figure_data(tl, tmp_path):
+    """``python -m benchmarks.lens`` writes the README figure and its strict-JSON data."""
+    import json
+
+    from benchmarks.lens import main
+
+    assert main(["--out", str(tmp_path), "--n", "4"]) == 0
+    data = json.loads((tmp_path / "patterns.json").read_text())
+    assert (tmp_path / "patterns.png").stat().st_size > 1000
+    for name, m in data["models"].items():
+        assert abs(m["prediction_tl"] - m["prediction_ours"]) <= 1e-6 * max(1.0, abs(m["prediction_ours"]))
+        assert all(abs(sum(row) - 1) < 1e-9 for pat in m["patterns"] for row in pat)

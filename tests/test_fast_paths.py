@@ -88,3 +88,33 @@ def test_newton_forward_and_predict_all_equal_reference(form, attn, normalize, l
         ref = reference_forward(m.transformer, m.encode(X, y, xq))[:, -1, 0]
     assert _rel(m.predict(X, y, xq, check_alpha="ignore"), ref) < RTOL
     assert _rel(m.predict_all(X, y, check_alpha="ignore"), reference_predict_all(m, X, y)) < RTOL
+
+
+@pytest.mark.parametrize("attn", ["relu", "linear"])
+def test_relu_linear_gradients_equal_reference(attn):
+    """In-place ReLUs (attention and MLP) keep autograd right."""
+    tf = _random_transformer(7, attn=attn, causal=False, attn_norm=True, mlp="relu", layernorm=False, bias=False)
+    tok = torch.randn(3, 6, 5, dtype=torch.float64)
+    km = torch.rand(3, 6) > 0.3
+    grads = []
+    for fwd in (lambda: tf(tok, km), lambda: reference_forward(tf, tok, km)):
+        tf.zero_grad()
+        fwd().pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in tf.parameters()]))
+    assert _rel(grads[0], grads[1]) < 1e-11
+
+
+def test_sparse_hand_set_weights_take_the_slot_path():
+    """Newton weights read few slots: inference reads only those (and still equals the reference)."""
+    from construct.transformer import _used_runs
+
+    m = build_newton_transformer(6, 3, 0.01)
+    W, _ = m.transformer.blocks[1].attn.qkv_weight()
+    with torch.no_grad():
+        runs = _used_runs(W)
+    L = m.layout
+    assert runs == sorted([(L["x"].start, L["x"].stop), (L["u"].start, L["u"].stop)])
+    assert _used_runs(W) is None  # autograd on: dense path
+    dense = torch.randn(10, 12, dtype=torch.float64)
+    with torch.no_grad():
+        assert _used_runs(dense) is None

@@ -182,3 +182,13 @@ def test_registered_with_runner():
     import benchmarks.run as run
 
     assert run.EXPERIMENTS["f"].folder == "f_width" and run.EXPERIMENTS["g"].folder == "g_perf"
+
+
+def test_perf_table_has_issue13_targets(perf_quick):
+    out, _ = perf_quick
+    res = json.loads((out / "perf.json").read_text())
+    r, t = res["ratios"], res["targets"]
+    s = t["verify"]["seconds"]
+    assert r["target: verify_model / forward"] == pytest.approx(s["verify_model"] / s["forward"], rel=1e-12)
+    assert "exponent" in res["scaling"]["costs"]["newton batched (all prefixes)"]["B"]
+    assert "Issue 13 targets" in (out / "perf.md").read_text()

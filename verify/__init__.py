@@ -3,13 +3,14 @@
 from .reference import (
     PrefixSpectrum, cg_predictions, gd_predictions, newton_auto_method, newton_matrices, newton_matrix,
     newton_predict, newton_predictions, ols_predict, ols_predictions, online_gd_predictions, prefix_spectrum,
-    prefix_stats, ridge_predictions,
+    prefix_stats, residual_power_matrix, residual_power_predict, residual_power_predictions, ridge_predictions,
 )
 
 __all__ = [
     "newton_predictions", "gd_predictions", "online_gd_predictions", "cg_predictions",
     "ols_predictions", "ridge_predictions", "newton_matrix", "newton_predict", "ols_predict",
     "prefix_stats", "prefix_spectrum", "PrefixSpectrum", "newton_matrices", "newton_auto_method",
+    "residual_power_matrix", "residual_power_predict", "residual_power_predictions",
 ]
 
 # numeric verification of hand-built networks (verify/numeric.py; CLI: python -m verify DIR).

@@ -144,7 +144,9 @@ def draw_prompts(model, B: int, n: int, seed: int, scale: float | None):
     X = torch.randn(B, n, d, generator=g, dtype=torch.float64)
     w = torch.randn(B, d, generator=g, dtype=torch.float64)
     xq = torch.randn(B, d, generator=g, dtype=torch.float64)
-    if scale is None:
+    if scale is None and spec.adaptive:
+        scale = 1.0  # an adaptive α converges at every scale in its range
+    elif scale is None:
         N = spec.n_prefix + n + 1
         a = spec.alpha / (N * N if spec.normalize else 1.0)  # α_eff, relative to S
         lam = spec.lam
@@ -167,6 +169,7 @@ def draw_prompts(model, B: int, n: int, seed: int, scale: float | None):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 with a usage message on bad options
     from construct import CheckpointError, NewtonTransformer, load_model
+    from construct.adaptive import AlphaRangeError
     from .numeric import verify_model
 
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
@@ -187,13 +190,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise _UsageError(str(e)) from None
         args.n = args.n or 20
         X, y, xq, scale = draw_prompts(model, args.prompts, args.n, args.seed, args.scale)
-        report = verify_model(model, X, y, xq, rtol=args.rtol, condition_aware=args.condition_aware,
-                              check_alpha="fail")
+        try:
+            report = verify_model(model, X, y, xq, rtol=args.rtol, condition_aware=args.condition_aware,
+                                  check_alpha="fail")
+        except AlphaRangeError as e:
+            raise _UsageError(str(e)) from None
     except _UsageError as e:
         print(f"python -m verify: error: {e}", file=sys.stderr)
         return 2
     data = {"prompts": args.prompts, "n": args.n, "seed": args.seed, "scale": scale,
-            "scale_rule": "auto (max alpha_eff*lambda_max^2 = 1)" if args.scale is None else "given",
+            "scale_rule": ("given" if args.scale is not None else "adaptive alpha: scale 1"
+                           if model.spec.adaptive else "auto (max alpha_eff*lambda_max^2 = 1)"),
             "checkpoint": str(args.model_dir)}
     report = dataclasses.replace(report, config={**report.config, "data": data})
     if args.json:

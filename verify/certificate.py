@@ -148,6 +148,7 @@ class Stage:
     state: Callable[[Poly], dict[str, dict[str, Content | None]]]
     order: int = 0
     within: Callable[[Poly], Poly] | None = None  # a step taken inside the prediction only (merged read-out)
+    factor: Poly | None = None  # GD-type step: 1 − S·step(M) = factor·(1 − S M)  (order 0)
 
 
 @dataclass(frozen=True)
@@ -162,25 +163,22 @@ class Program:
     prediction_slot: str = "out"
     iterate: str = "M"                    # display name of the iterate
     prediction: str = ""                  # what the prediction is, in words
+    residual_name: str = "P"              # how the residual power is named in the facts
+    first_index: int = 0                  # index of the iterate the first layer computes (Newton M₀, GD P₁)
     base_residual: Poly | None = None     # 1 − S·M₀ (Newton: 1 − αS²)
     notes: tuple[str, ...] = ()
 
 
-def _newton_program(model) -> Program:
-    from construct.blocks.base import c_scale
-
-    spec = model.spec
-    alpha = Fraction(spec.alpha)
-    sigma = Fraction(c_scale(spec.alpha))
-    form = spec.form
-    F = lambda m: 2 * m - m * T * m  # noqa: E731  Newton–Schulz: M' = 2M − MSM
-    M0 = alpha * T
-    slots = ["x", "xq", "u"] + (["c"] if form == "merged" else []) + ["y", "out"]
-    readin = {
-        "x": {s: ZERO for s in slots} | {"x": ONE, "y": Scal(Fraction(1), ZERO), "out": SZERO},
-        "q": {s: ZERO for s in slots} | {"xq": ONE, "y": SZERO, "out": SZERO},
+def _readin(slots: list[str], y_slot: str = "y") -> dict[str, dict[str, Content]]:
+    """Read-in: x_i in x and y_i in ``y_slot`` on example tokens, x_q in xq on the query, all else 0."""
+    return {
+        "x": {s: (SZERO if s in ("y", "out", "r") else ZERO) for s in slots} | {"x": ONE, y_slot: Scal(Fraction(1), ZERO)},
+        "q": {s: (SZERO if s in ("y", "out", "r") else ZERO) for s in slots} | {"xq": ONE},
     }
 
+
+def _stater(readin):
+    """state(**updates) → a function m ↦ slot contents: the read-in with each updated slot (x, q) replaced."""
     def state(**upd):
         def f(m):
             out = {tk: dict(v) for tk, v in readin.items()}
@@ -189,39 +187,96 @@ def _newton_program(model) -> Program:
                 out["x"][s], out["q"][s] = xv, qv
             return out
         return f
+    return state
 
+
+def _newton_program(model) -> Program:
+    """Iterative Newton (default, merged and hyperpower forms; see the module docstring)."""
+    from construct.blocks.base import c_scale
+
+    spec = model.spec
+    alpha = Fraction(spec.alpha)
+    sigma = Fraction(c_scale(spec.alpha))
+    form = spec.form
+    F = lambda m: 2 * m - m * T * m  # noqa: E731  Newton–Schulz: M' = 2M − MSM
+    H3 = lambda m: 3 * m - 3 * m * T * m + m * T * m * T * m  # noqa: E731  order 3: I − M'S = (I − MS)³
+    M0 = alpha * T
+    slots = {"default": ["x", "xq", "u", "y", "out"], "merged": ["x", "xq", "u", "c", "y", "out"],
+             "hyperpower": ["x", "xq", "u", "c", "uq", "cq", "y", "out"]}.get(form)
+    if slots is None:
+        raise _NotCertifiable(f"no certificate program for form={form!r}")
+    readin = _readin(slots)
+    state = _stater(readin)
     both = lambda g: (lambda m: (g(m), g(m)))  # noqa: E731
-    stages = [Stage("init", lambda m: M0, state(u=both(lambda m: m), **(
-        {"c": (sigma * T, ZERO)} if form == "merged" else {})), order=0)]
+    pred = lambda g: (lambda m: (None, Scal(Fraction(0), g(m))))  # noqa: E731  out: the query's prediction
+    ident = lambda m: m  # noqa: E731
     if form == "default":
-        stages += [Stage("newton", F, state(u=both(lambda m: m)), order=2) for _ in range(spec.k)]
-        stages.append(Stage("readout", None, state(u=both(lambda m: m),
-                                                   out=lambda m: (None, Scal(Fraction(0), m)))))
+        stages = [Stage("init", lambda m: M0, state(u=both(ident)))]
+        stages += [Stage("newton", F, state(u=both(ident)), order=2) for _ in range(spec.k)]
+        stages.append(Stage("readout", None, state(u=both(ident), out=pred(ident))))
+        power = f"2^k = {2 ** spec.k}"
     elif form == "merged":
-        carry = state(u=both(lambda m: m), c=both(lambda m: T * m))
+        carry = state(u=both(ident), c=both(lambda m: T * m))
+        stages = [Stage("init", lambda m: M0, state(u=both(ident), c=(sigma * T, ZERO)))]
         stages.append(Stage("newton+c-init", F, carry, order=2))
         stages += [Stage("newton+c", F, carry, order=2) for _ in range(spec.k - 2)]
-        stages.append(Stage("merged-readout", None, state(u=both(lambda m: m), c=both(lambda m: T * m),
-                                                          out=lambda m: (None, Scal(Fraction(0), F(m)))),
+        stages.append(Stage("merged-readout", None, state(u=both(ident), c=both(lambda m: T * m), out=pred(F)),
                             order=2, within=F))
-    else:
-        raise ValueError(f"no certificate program for form={form!r} yet")
+        power = f"2^k = {2 ** spec.k}"
+    else:  # hyperpower: u, c on example tokens only; the query's copies in uq, cq
+        j = spec.n_order3
+        ex = lambda g: (lambda m: (g(m), ZERO))   # noqa: E731  example tokens only
+        qu = lambda g: (lambda m: (ZERO, g(m)))   # noqa: E731  query only
+        carry = state(u=ex(ident), c=ex(lambda m: T * m), uq=qu(ident), cq=qu(lambda m: T * m))
+        stages = [Stage("init", lambda m: M0, state(u=ex(ident), c=(sigma * T, ZERO), uq=qu(ident)))]
+        stages.append(Stage("newton+c-init", F, carry, order=2))
+        stages += [Stage("order3", H3, carry, order=3) for _ in range(j)]
+        stages.append(Stage("readout", None, state(u=ex(ident), c=ex(lambda m: T * m), uq=qu(ident),
+                                                   cq=qu(lambda m: T * m), out=pred(F)), order=2, within=F))
+        power = f"4·3^j = {4 * 3 ** j} (j = {j}) ≥ 2^k = {2 ** spec.k}"
     return Program(
-        name=f"Iterative Newton, k={spec.k}, {form} form (α={spec.alpha:g})",
+        name=f"Iterative Newton, k={spec.k}, {form} form (α={spec.alpha:g})" if form != "hyperpower" else
+             f"hyperpower iteration, {form} form matching Newton-{spec.k} (α={spec.alpha:g})",
         scalar_slots=frozenset({"y", "out"}), readin=readin, stages=tuple(stages),
         symbols={"α": alpha, "σ": sigma}, base_residual=ONE - alpha * T * T,
-        prediction=f"x_qᵀ M_{spec.k} Xᵀy, M_{spec.k} = Newton's iterate (M₀ = αS, M_j = 2M − MSM)",
+        prediction=(f"x_qᵀ M Xᵀy with I − M S = (I − αS²)^P, P = {power}" + (
+            f"; M = Newton's M_{spec.k} (M₀ = αS, M_j = 2M − MSM)" if form != "hyperpower" else
+            "; M from M₀ = αS by one Newton step, j order-3 steps 3M − 3MSM + MSMSM, one Newton step")),
+    )
+
+
+def _gd_program(model) -> Program:
+    """Gradient descent from w = 0: train tokens hold r = y − xᵀ w_s, the query's out x_qᵀ w_s."""
+    spec = model.spec
+    eta = Fraction(spec.lr)
+    slots = list(model.layout.names)
+    readin = _readin(slots, y_slot="r")
+    state = _stater(readin)
+    step = lambda m: (ZERO if m is None else m) + eta * (ONE - T * (ZERO if m is None else m))  # noqa: E731
+    stages = [Stage("gd", step, state(r=lambda m: (Scal(Fraction(1), -m), SZERO),
+                                      out=lambda m: (SZERO, Scal(Fraction(0), m))), factor=ONE - eta * T)
+              for _ in range(spec.steps)]
+    return Program(
+        name=f"gradient descent, {spec.steps} steps (η={spec.lr:g})",
+        scalar_slots=frozenset({"r", "out"}), readin=readin, stages=tuple(stages), symbols={"η": eta},
+        iterate="P", base_residual=ONE - eta * T,
+        prediction=f"x_qᵀ w_s, w_s = P_s Xᵀy with P₀ = 0, P' = P + η(I − S P): I − P_s S = (I − ηS)^{spec.steps}",
+        residual_name="s", first_index=1,
     )
 
 
 def program_for(model) -> Program:
     """The program a hand-built model must compute, stated per layer and slot (for :func:`certify`).
 
-    Newton models (default and merged forms; ReLU or linear attention, ridge, 1/N, looped):
-    Iterative Newton.  New forms add their program here.
+    Newton models (default, merged and hyperpower forms; ReLU or linear attention, ridge, 1/N,
+    looped): Iterative Newton (hyperpower: its order-3 iteration).  GD models: gradient descent.
+    New forms add their program here.
     """
     from construct.model import NewtonTransformer
 
+    spec = getattr(model, "spec", None)
+    if spec is not None and hasattr(spec, "lr") and hasattr(spec, "steps") and hasattr(model, "transformer"):
+        return _gd_program(model)
     if isinstance(model, NewtonTransformer):
         if getattr(model.spec, "adaptive", False):
             raise _NotCertifiable(
@@ -818,33 +873,43 @@ def _read_in(model, reader: _Reader, slots: _Groups, prog: Program):
 
 
 def _program_facts(model, prog: Program, facts: list[str], lam: Fraction, snap) -> None:
-    P = 1
-    first = prog.stages[0].step(None) if prog.stages[0].step else None
-    if prog.base_residual is not None and first is not None:
-        if ONE - T * first != prog.base_residual:
-            raise _NotCertifiable(f"program: 1 − S·M₀ is not {prog.base_residual.pretty(coeff=snap.name)}")
+    """Check the program's own residual claim step by step, and record what S, b and λ are."""
+    P, gd = 1, 0
+    first = prog.stages[0].step(None) if prog.stages and prog.stages[0].step else None
+    if prog.base_residual is not None and first is not None and ONE - T * first != prog.base_residual:
+        raise _NotCertifiable(f"program: 1 − S·(first iterate) is not {prog.base_residual.pretty(coeff=snap.name)}")
     seen = {}
     for st in prog.stages:
+        fn = st.step or st.within
         if st.order:
-            key = st.name
-            if key not in seen:
-                lhs, rhs = ONE - T * (st.step or st.within)(M), (ONE - T * M) ** st.order
-                if lhs != rhs:
+            if st.name not in seen:
+                if ONE - T * fn(M) != (ONE - T * M) ** st.order:
                     raise _NotCertifiable(f"program step {st.name!r}: 1 − S·step(M) ≠ (1 − SM)^{st.order}")
-                seen[key] = st
+                seen[st.name] = f"{st.name}: 1 − S·step(M) = (1 − SM)^{st.order}"
             P *= st.order
-    if prog.base_residual is not None:
-        facts.append(f"residual: I − {prog.iterate}·S = ({prog.base_residual.pretty(coeff=snap.name)})^P with P = {P}, "
-                     f"proven step by step ({', '.join(f'{n}: 1 − S·step(M) = (1 − SM)^{s.order}' for n, s in seen.items())})")
+        elif st.factor is not None:
+            if st.name not in seen:
+                if ONE - T * fn(M) != st.factor * (ONE - T * M):
+                    raise _NotCertifiable(f"program step {st.name!r}: 1 − S·step(P) ≠ "
+                                          f"({st.factor.pretty(coeff=snap.name)})(1 − SP)")
+                seen[st.name] = f"{st.name}: 1 − S·step(P) = ({st.factor.pretty(coeff=snap.name)})·(1 − SP)"
+            gd += 1
+    if prog.base_residual is not None and prog.stages:
+        it = prog.iterate
+        if gd:
+            claim = f"I − {it}·S = ({prog.base_residual.pretty(coeff=snap.name)})^{gd}"
+        else:
+            claim = f"I − {it}·S = ({prog.base_residual.pretty(coeff=snap.name)})^P with P = {P}"
+        facts.append(f"residual: {claim}, proven step by step ({'; '.join(seen.values()) or 'first step only'})")
         rp = getattr(model, "residual_power", None)
-        if rp is not None and rp != P:
+        if rp is not None and not gd and rp != P:
             raise _NotCertifiable(f"model.residual_power = {rp}, but the program's residual power is {P}")
     tr = model.transformer
     facts.append("ridge: S includes λI from d prefix tokens √λ·e_m, λ = (stored √λ)² = "
                  f"{float(lam):.17g}" if lam else "no ridge prefix: S = XᵀX")
     if tr.cfg.attn_norm:
-        facts.append("1/N normalisation: S = (XᵀX + λI)/N and b = Xᵀy/N; the prediction is the program with α/N² on "
-                     "XᵀX + λI (homogeneity of the step)")
+        facts.append("1/N normalisation: S = (XᵀX + λI)/N and b = Xᵀy/N; the prediction is the program on XᵀX + λI "
+                     "with α/N² (Newton, by the homogeneity of the step) or η/N (GD)")
 
 
 def _read_out(model, reader: _Reader, slots: _Groups, final_q: dict[str, Content]) -> tuple[Scal, dict]:
@@ -916,7 +981,7 @@ def certify(model) -> Certificate:
         canon: dict[int, int] = {}
         sparse: dict[int, dict] = {}
         it: Poly | None = None   # the iterate entering the layer, as a polynomial in S (None: none yet / symbolic)
-        started, j, prev = False, -1, None
+        started, j, prev = False, prog.first_index - 1, None
         for L, (b, stage) in enumerate(zip(cfg.layer_schedule, prog.stages)):
             lname = names[L] if L < len(names) else stage.name
             if b not in canon:
@@ -945,14 +1010,14 @@ def certify(model) -> Certificate:
                 return result(False, True, bad, layer=L, slot=bad.slot)
             it = None if m_use is M else m_out
             started, j, prev = True, j_out, stage
-        final = prev.state(it if it is not None else M)
+        final = prev.state(it if it is not None else M) if prev is not None else prog.readin
         tw = time.perf_counter()
         pred, _ = _read_out(model, reader, slots, final["q"])
         reader.seconds += time.perf_counter() - tw
         want = _canon(final["q"][prog.prediction_slot], "q")
         ok = pred == want
         rows.append(CertRow(cfg.n_layers, "read-out", "query", "prediction", _pretty(pred, sub(j), snap.name),
-                            _pretty(want if it is None else Scal(Fraction(0), M), sub(j), snap.name), ok, True))
+                            _pretty(want, sub(j), snap.name), ok, True))
         if not ok:
             return result(False, True, rows[-1], layer=cfg.n_layers, slot="prediction")
         return result(True, True, pred=prog.prediction)

@@ -89,6 +89,7 @@ from typing import Any
 
 import torch
 
+from construct.adaptive import trace_power
 from construct.alpha import BOUNDARY_SLACK, AlphaDivergenceError
 from construct.blocks.base import c_scale
 from construct.model import NewtonTransformer
@@ -147,6 +148,7 @@ class AlphaCheck:
     n_diverging: int              # prompts with ratio ≥ 2
     mode: str                     # "fail" | "raise" | "ignore"
     contraction: float            # max over prompts of max_{s>0} |1 − α_eff s²|^(2^k): Newton→OLS gap factor
+    adaptive: bool = False        # α computed in the network (alpha = nan; alpha_eff = model.alpha_of(X))
 
     @property
     def diverges(self) -> bool:
@@ -190,11 +192,13 @@ class Report:
         out = []
         a = self.alpha
         if a.diverges and a.mode != "ignore":
-            out.append(Failure(
-                "alpha", None, None, None, a.max_ratio, math.nan,
-                f"alpha diverges on {a.n_diverging} prompt(s): alpha_eff*lambda_max(S)^2 = "
-                f"{a.max_ratio:.4g} >= 2 (Newton itself diverges; rebuild with a smaller alpha or rescale the data)",
-            ))
+            if self.newton.against == "gd":
+                msg = (f"lr diverges on {a.n_diverging} prompt(s): lr_eff*lambda_max(S) = {a.max_ratio:.4g} >= 2 "
+                       "(GD itself diverges; rebuild with a smaller lr or rescale the data)")
+            else:
+                msg = (f"alpha diverges on {a.n_diverging} prompt(s): alpha_eff*lambda_max(S)^2 = "
+                       f"{a.max_ratio:.4g} >= 2 (Newton itself diverges; rebuild with a smaller alpha or rescale the data)")
+            out.append(Failure("alpha", None, None, None, a.max_ratio, math.nan, msg))
         for r in self.rows:
             if not r.passed:
                 out.append(Failure(
@@ -286,7 +290,7 @@ class Report:
             ok = sum(r.passed for r in rows)
             lines.append(f"{(str(layer) if layer >= 0 else '-'):>5}  {worst.layer_name:<22}  {worst.slot:<10}  "
                          f"{_fmt(worst.max_rel):>8}  {ok}/{len(rows)}")
-        lines.append(f"prediction vs Newton: max_rel {_fmt(self.newton.max_rel)}  {'ok' if self.newton.passed else 'FAIL'}")
+        lines.append(f"prediction vs {self.newton.against}: max_rel {_fmt(self.newton.max_rel)}  {'ok' if self.newton.passed else 'FAIL'}")
         first = self.first_failure
         lines.append(f"RESULT: PASS (max relative error {_fmt(self.max_rel_error)})" if first is None
                      else f"RESULT: FAIL: {first.message}")
@@ -324,7 +328,8 @@ class Report:
             f"prediction vs {'ridge' if c.get('lam') else 'OLS'}: max_abs {_fmt(ol.max_abs)}  max_rel "
             f"{_fmt(ol.max_rel)}  " + (("ok" if ol.passed else "FAIL") if ol.checked else "(informational)")
             + (f"  [{ol.note}]" if ol.note else ""),
-            f"alpha = {a.alpha:.6g}: max alpha_eff*lambda_max(S)^2 = {a.max_ratio:.4g} "
+            (f"alpha = adaptive (in-network, {min(a.alpha_eff):.4g} .. {max(a.alpha_eff):.4g})" if a.adaptive
+             else f"alpha = {a.alpha:.6g}") + f": max alpha_eff*lambda_max(S)^2 = {a.max_ratio:.4g} "
             + ("(< 2: converges)" if not a.diverges else f"(>= 2 on {a.n_diverging} prompt(s): DIVERGES)")
             + f"; Newton->OLS contraction max|1 - alpha_eff s^2|^(2^k) = {_fmt(a.contraction)}",
         ]
@@ -372,11 +377,27 @@ def _describe(spec, layer_names: list[str], steps: list[int]) -> list[dict[str, 
     Sx = "S/N" if spec.normalize else "S"
     pre = ", √λe_m (prefix)" if spec.lam > 0 else ""
     base = {"x": f"x_i{pre}, 0 (query)", "xq": "x_q (query), 0 elsewhere", "y": "y_i, 0 elsewhere"}
-    out = [dict(base, u="0", c="0", out="0")]
+    ada = spec.adaptive
+    if ada:
+        base["one"] = "1 (register), 0 elsewhere"
+    out = [dict(base, u="0", c="0", out="0", v="0", tau="0", alpha="0")]
     L = len(layer_names)
+    scale = spec.alpha_layers  # adaptive: index of the α-scale layer
+    p = spec.alpha_trace
+    uq = " (0 on the query)" if ada and spec.form == "default" else ""
     for i, j in enumerate(steps):
-        m = dict(base, u=f"M_{j} z" + (f" ({Sx})" if spec.normalize else ""))
+        m = dict(base, u=f"M_{j} z" + (f" ({Sx})" if spec.normalize else "") + uq)
         m["c"] = f"σ {Sx} z (train/prefix), 0 (query)" if i == 0 else f"{Sx} M_{j} z"
+        if ada:
+            m["v"] = "S x (example tokens), 0 elsewhere"
+            has = i >= scale - 1
+            m["tau"] = f"tr(S^{p}) (register)" if has else "0"
+            m["alpha"] = "α = f(tau) (register; = model.alpha_of)" if has else "0"
+            if i < scale:
+                m["u"] = "0"
+                m["c"] = "S x_q (query), 0 elsewhere"
+            elif i == scale:
+                m["c"] = "0"
         if i < L - 1:
             m["out"] = "0"
         elif spec.form == "merged":
@@ -418,9 +439,13 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     X, y, x_query = (t.to(F64) for t in (X, y, x_query))
     B, n, d = X.shape
     P = spec.n_prefix
+    R = spec.n_ridge  # ridge prefix tokens; an adaptive model's register token follows them
     T = N = P + n + 1
     lam = spec.lam
-    prefix = math.sqrt(lam) * torch.eye(d, dtype=F64).expand(B, P, d) if P else X.new_zeros(B, 0, d)
+    ada = spec.adaptive
+    prefix = math.sqrt(lam) * torch.eye(d, dtype=F64).expand(B, R, d) if R else X.new_zeros(B, 0, d)
+    if ada:
+        prefix = torch.cat([prefix, X.new_zeros(B, 1, d)], 1)  # the register: z = 0
     Z = torch.cat([prefix, X, x_query[:, None]], 1)  # (B, T, d): each token's own vector z
     xs = torch.cat([prefix, X, X.new_zeros(B, 1, d)], 1)  # (B, T, d): slot x
     xq = torch.zeros(B, T, d, dtype=F64)
@@ -430,9 +455,11 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)  # (B, d, d)
     Sn = S / N if spec.normalize else S  # what the network's sums compute
     steps = model.newton_step_after_layer
+    # α: the fixed weight, or (adaptive) the independent float64 mirror of the in-network α
+    a = model.alpha_of(X) if ada else spec.alpha
     # every iterate M_0..M_k in k matrix steps (one recurrence, not k + 1 separate ones)
-    Ms = ref.newton_matrices(Sn, spec.k, spec.alpha)  # (k+1, B, d, d): M_j on Sn
-    alpha_eff = spec.alpha / N ** 2 if spec.normalize else spec.alpha
+    Ms = ref.newton_matrices(Sn, spec.k, a)  # (k+1, B, d, d): M_j on Sn
+    alpha_eff = a if ada else (spec.alpha / N ** 2 if spec.normalize else spec.alpha)
     b = (X.transpose(1, 2) @ y[..., None])[..., 0]  # Xᵀy (B, d)
     # plain Newton on S with α_eff (what newton_predict computes); without normalize that is M_k
     M_eff = ref.newton_matrix(S, spec.k, alpha_eff) if spec.normalize else Ms[spec.k]  # (B, d, d)
@@ -443,7 +470,7 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     # e_{j+1} = e_j(2 − e_j) (= 1 − (1 − αλ²)^(2^j)); one eigvalsh instead of k + 2 SVDs.
     ev = torch.linalg.eigvalsh(Sn) if ev_S is None or spec.normalize else ev_S  # (B, d)
     norm_S = ev.abs().amax(-1)  # (B,)
-    norm_M = _newton_norms(ev, spec.alpha, spec.k)  # (k+1, B)
+    norm_M = _newton_norms(ev, a[:, None] if ada else spec.alpha, spec.k)  # (k+1, B)
     G = (norm_M * (2 + norm_M * norm_S)).cummax(0).values  # (k+1, B)
     zmax = Z.norm(dim=-1).max(dim=1).values  # (B,)
     xy = (X.norm(dim=-1) * y.abs()).sum(1)  # Σ_l |x_l||y_l|  (B,)
@@ -456,9 +483,29 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     has_c = "c" in layout
     streams, bounds = [], []
     base_slots = {"x": xs, "xq": xq, "y": ys}
-    streams.append(dict(base_slots, u=torch.zeros(B, T, d, dtype=F64), out=torch.zeros(B, T, 1, dtype=F64),
-                        **({"c": torch.zeros(B, T, d, dtype=F64)} if has_c else {})))
-    bounds.append(dict(x=zero, xq=zero, y=zero, u=zero, out=zero, **({"c": zero} if has_c else {})))
+    zd, z1 = torch.zeros(B, T, d, dtype=F64), torch.zeros(B, T, 1, dtype=F64)
+    first = dict(base_slots, u=zd, out=z1, **({"c": zd} if has_c else {}))
+    first_bd = dict(x=zero, xq=zero, y=zero, u=zero, out=zero, **({"c": zero} if has_c else {}))
+    if ada:
+        # adaptive slots (construct.blocks.gram / trace_alpha / scale): v = S x on example tokens,
+        # the register holds one = 1, tau = tr(S^p) and α; the merged form parks S x_q in c
+        one = z1.clone()
+        one[:, R, 0] = 1.0
+        base_slots["one"] = one
+        v = xs @ S.transpose(1, 2)  # S x on ridge/train tokens; 0 on the register and the query
+        parked = zd.clone()
+        parked[:, -1] = (S @ x_query[..., None])[..., 0]
+        tau_s, alpha_s = z1.clone(), z1.clone()
+        tau_s[:, R, 0] = trace_power(X, spec.alpha_trace, lam)
+        alpha_s[:, R, 0] = a
+        first.update(one=one, v=zd, tau=z1, alpha=z1)
+        first_bd.update(one=zero, v=zero, tau=zero, alpha=zero)
+        scale_layer = spec.alpha_layers
+        v_bd = base * norm_S * zmax
+        tau_bd = base * spec.alpha_trace * tau_s[:, R, 0]
+        alpha_bd = base * (2 + spec.alpha_trace) * a
+    streams.append(first)
+    bounds.append(first_bd)
     L = len(steps)
     U = Z @ Ms.transpose(-1, -2)  # (k+1, B, T, d): M_j z for every j in one batched product
     SMZ = Z @ (Sn @ Ms).transpose(-1, -2) if has_c else None  # (k+1, B, T, d): S M_j z
@@ -467,8 +514,20 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
         bd = dict(x=zero, xq=zero, y=zero)
         s["u"] = U[j]  # M_j z
         bd["u"] = u_bound[j]
+        if ada:
+            s["v"], bd["v"], bd["one"] = v, v_bd, zero
+            has = i >= scale_layer - 1  # the trace+alpha layer (gram+alpha when p = 1) writes τ and α
+            s["tau"], s["alpha"] = (tau_s, alpha_s) if has else (z1, z1)
+            bd["tau"], bd["alpha"] = (tau_bd, alpha_bd) if has else (zero, zero)
+            if i < scale_layer:
+                s["u"], bd["u"] = zd, zero
+            elif spec.form == "default":
+                s["u"] = s["u"].clone()
+                s["u"][:, -1] = 0.0  # the default form never computes the query's u
         if has_c:
-            if i == 0:
+            if ada and i <= scale_layer:
+                c, bd["c"] = (parked, v_bd) if i < scale_layer else (zd, zero)
+            elif i == 0:
                 sigma = c_scale(spec.alpha)
                 c = sigma * (Z @ Sn.transpose(1, 2))  # σ S z on train/prefix tokens, 0 on the query
                 c[:, -1] = 0.0
@@ -493,6 +552,89 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     return _Reference(streams, bounds, pred, pred_bound)
 
 
+def _describe_hyper(spec, powers: list[int]) -> list[dict[str, str]]:
+    """Slot contents in words for the hyperpower form (M⁽ᴾ⁾: I − M⁽ᴾ⁾S = (I − αS²)^P)."""
+    Sx = "S/N" if spec.normalize else "S"
+    pre = ", √λe_m (prefix)" if spec.lam > 0 else ""
+    base = {"x": f"x_i{pre}, 0 (query)", "xq": "x_q (query), 0 elsewhere", "y": "y_i, 0 elsewhere"}
+    out = [dict(base, u="0", c="0", uq="0", cq="0", out="0")]
+    for i, p in enumerate(powers):
+        m = dict(base, u=f"M⁽{p}⁾ z (train/prefix), 0 (query)", uq=f"M⁽{p}⁾ x_q (query), 0 elsewhere")
+        m["c"] = (f"σ {Sx} z (train/prefix), 0 (query)" if i == 0 else f"{Sx} M⁽{p}⁾ z (train/prefix), 0 (query)")
+        m["cq"] = "0" if i == 0 else f"{Sx} M⁽{p}⁾ x_q (query), 0 elsewhere"
+        m["out"] = f"x_qᵀ M⁽{spec.residual_power}⁾ Xᵀy (query), 0 elsewhere" if i == len(powers) - 1 else "0"
+        out.append(m)
+    return out
+
+
+def _reference_hyper(model: NewtonTransformer, X, y, x_query, unit: float) -> _Reference:
+    """Expected streams of the hyperpower form, from the prompt and ``model.spec`` only (float64).
+
+    M⁽ᴾ⁾ comes from :func:`verify.residual_power_matrix` (a geometric series in I − αS², not the
+    network's recurrences).  Bounds as in the module doc with the gain 2^(j+1) replaced by 2·P:
+    an order-3 step propagates an error with gain 3(1 − sm)² ≤ 3, a Newton step with gain ≤ 2.
+    """
+    spec = model.spec
+    X, y, x_query = (t.to(F64) for t in (X, y, x_query))
+    B, n, d = X.shape
+    P = spec.n_prefix
+    T = N = P + n + 1
+    lam = spec.lam
+    prefix = math.sqrt(lam) * torch.eye(d, dtype=F64).expand(B, P, d) if P else X.new_zeros(B, 0, d)
+    Zt = torch.cat([prefix, X, X.new_zeros(B, 1, d)], 1)  # (B, T, d): z on train/prefix, 0 on the query
+    Zq = torch.zeros(B, T, d, dtype=F64)
+    Zq[:, -1] = x_query  # (B, T, d): x_q on the query only
+    ys = torch.zeros(B, T, 1, dtype=F64)
+    ys[:, P:P + n, 0] = y
+    S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)  # (B, d, d)
+    Sn = S / N if spec.normalize else S
+    powers = model.residual_power_after_layer
+    Ms = {p: ref.residual_power_matrix(Sn, p, spec.alpha) for p in set(powers)}  # on Sn, (B, d, d)
+    alpha_eff = spec.alpha / N ** 2 if spec.normalize else spec.alpha
+    Ptot = spec.residual_power
+    pred = ref.residual_power_predict(X, y, x_query, Ptot, alpha_eff, lam=lam)  # (B,)
+
+    norm_S = torch.linalg.matrix_norm(Sn, ord=2)  # (B,)
+    norm_M = {p: torch.linalg.matrix_norm(M, ord=2) for p, M in Ms.items()}
+    G = torch.stack([norm_M[p] * (2 + norm_M[p] * norm_S) for p in powers]).cummax(0).values  # (L, B)
+    zmax = torch.maximum(Zt.norm(dim=-1).max(dim=1).values, x_query.norm(dim=-1))  # (B,)
+    xy = (X.norm(dim=-1) * y.abs()).sum(1)
+    base = BOUND_C * unit * (N + d)
+    zero = torch.zeros(B, dtype=F64)
+    fixed = {"x": Zt, "xq": Zq, "y": ys}
+    streams = [dict(fixed, u=torch.zeros(B, T, d, dtype=F64), c=torch.zeros(B, T, d, dtype=F64),
+                    uq=torch.zeros(B, T, d, dtype=F64), cq=torch.zeros(B, T, d, dtype=F64),
+                    out=torch.zeros(B, T, 1, dtype=F64))]
+    bounds = [dict(x=zero, xq=zero, y=zero, u=zero, c=zero, uq=zero, cq=zero, out=zero)]
+    sigma = c_scale(spec.alpha)
+    L = len(powers)
+    pred_bound = zero
+    for i, p in enumerate(powers):
+        M = Ms[p]
+        ub = base * 2.0 * p * G[i] * zmax
+        st = dict(fixed, u=Zt @ M.transpose(1, 2), uq=Zq @ M.transpose(1, 2))
+        bd = dict(x=zero, xq=zero, y=zero, u=ub, uq=ub)
+        if i == 0:
+            st["c"] = sigma * (Zt @ Sn.transpose(1, 2))
+            st["cq"] = torch.zeros(B, T, d, dtype=F64)
+            bd["c"], bd["cq"] = base * sigma * norm_S * zmax, zero
+        else:
+            st["c"] = Zt @ (Sn @ M).transpose(1, 2)
+            st["cq"] = Zq @ (Sn @ M).transpose(1, 2)
+            bd["c"] = bd["cq"] = ub * norm_S
+        out = torch.zeros(B, T, 1, dtype=F64)
+        bd["out"] = zero
+        if i == L - 1:
+            read = base * (2.0 * Ptot * G[i] + norm_M[p]) * xy / (N if spec.normalize else 1)
+            pred_bound = read * x_query.norm(dim=-1)
+            out[:, -1, 0] = pred
+            bd["out"] = pred_bound
+        st["out"] = out
+        streams.append(st)
+        bounds.append(bd)
+    return _Reference(streams, bounds, pred, pred_bound)
+
+
 def expected_streams(model: NewtonTransformer, X, y, x_query) -> list[dict[str, torch.Tensor]]:
     """The reference residual stream, slot by slot, after the read-in and after each layer.
 
@@ -502,6 +644,8 @@ def expected_streams(model: NewtonTransformer, X, y, x_query) -> list[dict[str, 
     if not isinstance(model, NewtonTransformer):
         raise TypeError(f"model must be a construct.NewtonTransformer, got {type(model).__name__}")
     X, y, x_query = check_prompts(X, y, x_query, d=model.d, dtype=F64)
+    if model.spec.form == "hyperpower":
+        return _reference_hyper(model, X, y, x_query, EPS64 / 2).streams
     return _reference(model, X, y, x_query, EPS64 / 2).streams
 
 
@@ -537,8 +681,8 @@ def _token_name(where, P: int, n: int, B: int) -> str:
     return f"prompt {b} {kind}" if B > 1 else kind
 
 
-def _contraction(S: torch.Tensor, alpha_eff: torch.Tensor, k: int, ev: torch.Tensor | None = None) -> torch.Tensor:
-    """Per prompt max over nonzero eigenvalues s of |1 − α_eff s²|^(2^k) (in log space).
+def _contraction(S: torch.Tensor, alpha_eff: torch.Tensor, k: float, ev: torch.Tensor | None = None) -> torch.Tensor:
+    """Per prompt max over nonzero eigenvalues s of |1 − α_eff s²|^(2^k) (in log space); k = log₂ P.
     ``ev``: S's eigenvalues (B, d) ascending, if the caller has them."""
     ev = torch.linalg.eigvalsh(S) if ev is None else ev  # (B, d) ascending
     smax = ev[:, -1:].clamp(min=0)
@@ -581,9 +725,14 @@ def verify_model(
     False) the OLS error is reported as information only.
     ``check_alpha``: "fail" (default), "raise" or "ignore"; see the module docstring.
     """
+    from construct.model import GDTransformer
+
+    if isinstance(model, GDTransformer):
+        return _verify_gd(model, X, y, x_query, rtol=rtol, check_ols=check_ols, check_alpha=check_alpha,
+                          condition_aware=condition_aware)
     if not isinstance(model, NewtonTransformer):
         raise TypeError(
-            f"model must be a construct.NewtonTransformer (a hand-built Newton network), got "
+            f"model must be a construct.NewtonTransformer or GDTransformer (a hand-built network), got "
             f"{type(model).__name__}; trained models have no slot invariants to verify"
         )
     if check_alpha not in CHECK_ALPHA_MODES:
@@ -607,7 +756,11 @@ def verify_model(
     S = X64.transpose(1, 2) @ X64 + spec.lam * torch.eye(d, dtype=F64)
     ev = torch.linalg.eigvalsh(S)  # (B, d): one eigvalsh for the α ratio, the contraction and κ
     lm = ev[:, -1].clamp(min=0.0)
-    ratio = (spec.alpha / torch.as_tensor(float(N) if spec.normalize else 1.0, dtype=F64) ** 2) * lm * lm  # = alpha_ratio
+    if spec.adaptive:  # α per prompt, from the independent mirror (raises AlphaRangeError out of range)
+        a_ada = model.alpha_of(X64)
+        ratio = a_ada * lm * lm
+    else:
+        ratio = (spec.alpha / torch.as_tensor(float(N) if spec.normalize else 1.0, dtype=F64) ** 2) * lm * lm  # = alpha_ratio
 
     n_div = int((ratio >= 2.0 * (1.0 - BOUNDARY_SLACK)).sum())  # same threshold as model.predict
     if n_div and check_alpha == "raise":
@@ -616,18 +769,22 @@ def verify_model(
             f"{float(ratio.max()):.4g} >= 2, so Newton itself diverges and there is nothing meaningful to "
             "verify. Use smaller-scale data, rebuild with construct.safe_alpha(X), or pass check_alpha='ignore'."
         )
-    alpha_eff = torch.full((B,), spec.alpha / (N ** 2 if spec.normalize else 1.0), dtype=F64)
-    contraction = _contraction(S, alpha_eff, spec.k, ev)
+    alpha_eff = a_ada if spec.adaptive else torch.full((B,), spec.alpha / (N ** 2 if spec.normalize else 1.0), dtype=F64)
+    contraction = _contraction(S, alpha_eff, math.log2(model.residual_power), ev)  # |1 − α_eff s²|^P
 
     with torch.no_grad():
         # one network run: the streams and the prediction (its read-out) come from the same pass
-        streams, pred = model.residual_streams(X, y, x_query, return_prediction=True)
-        streams, pred = streams.to("cpu", F64), pred.to("cpu", F64)  # (L+1, B, N, D), (B,)
-    refr = _reference(model, X64, y64, q64, unit, ev)
-    if streams.shape[0] != len(refr.streams):
-        raise RuntimeError(f"model returned {streams.shape[0]} residual streams, expected {len(refr.streams)}")
+        streams, pred = model.residual_streams(X, y, x_query, return_prediction=True, stack=False)
+        streams, pred = [h.to("cpu", F64) for h in streams], pred.to("cpu", F64)  # L+1 × (B, N, D), (B,)
+    if spec.form == "hyperpower":
+        refr = _reference_hyper(model, X64, y64, q64, unit)
+        desc = _describe_hyper(spec, model.residual_power_after_layer)
+    else:
+        refr = _reference(model, X64, y64, q64, unit, ev)
+        desc = _describe(spec, model.layer_names, model.newton_step_after_layer)
+    if len(streams) != len(refr.streams):
+        raise RuntimeError(f"model returned {len(streams)} residual streams, expected {len(refr.streams)}")
     names = ["read-in"] + model.layer_names
-    desc = _describe(spec, model.layer_names, model.newton_step_after_layer)
 
     def tol(bound: float) -> float:
         return max(rtol, bound) if condition_aware else rtol
@@ -636,17 +793,22 @@ def verify_model(
     layout = model.layout
     # NaN/inf anywhere makes the sum non-finite (so can overflow; then the slots are scanned one
     # by one, which finds the truth): one cheap pass instead of an isfinite scan per slot
-    finite = math.isfinite(float(streams.sum()))
+    finite = math.isfinite(sum(float(h.sum()) for h in streams))
     slices = {slot: layout[slot] for slot in layout.names}
-    T_all = streams.shape[2]
+    T_all = streams[0].shape[1]
+    wmax_of: dict[int, tuple[torch.Tensor, list[float]]] = {}  # id -> (tensor kept alive, per-coordinate max)
     for li, (got, want, bnd, words) in enumerate(zip(streams, refr.streams, refr.bounds, desc)):
         if finite:  # the whole stream at once: per coordinate, the largest deviation and where
-            W = torch.zeros_like(got)  # (B, T, D): the expected stream
+            diff = got.clone()  # (B, T, D), becomes |network − expected|
+            wmax = [0.0] * got.shape[-1]  # per coordinate max |expected|
             for slot, sl in slices.items():
-                W[..., sl] = want[slot]
-            dmax, didx = (got - W).abs().reshape(-1, got.shape[-1]).max(0)  # (D,), flat (b, t) index
+                w = want[slot]
+                diff[..., sl] -= w
+                if id(w) not in wmax_of:  # unchanged slots share one tensor across layers
+                    wmax_of[id(w)] = (w, w.abs().reshape(-1, sl.stop - sl.start).amax(0).tolist())
+                wmax[sl] = wmax_of[id(w)][1]
+            dmax, didx = diff.abs_().reshape(-1, got.shape[-1]).max(0)  # (D,), flat (b, t) index
             dmax, didx = dmax.tolist(), didx.tolist()
-            wmax = W.abs().reshape(-1, got.shape[-1]).amax(0).tolist()  # (D,)
             stream_scale = max(wmax)
         else:
             stream_scale = max(float(w.abs().max()) for w in want.values())
@@ -670,7 +832,8 @@ def verify_model(
     nscale = float(refr.pred.abs().max())
     nr = _rel(na, nscale)
     nb = _rel(float(refr.pred_bound.max()), nscale)
-    newton = PredictionCheck("newton", na, nr, nb, True, bool(nr <= tol(nb)))
+    newton = PredictionCheck("newton", na, nr, nb, True, bool(nr <= tol(nb)),
+                             "" if spec.form != "hyperpower" else f"residual power P = {spec.residual_power}")
 
     ols_ref = ref.ols_predict(X64, y64, q64, lam=spec.lam, driver="gelsy")  # checked only when κ(S) is small
     oa, _ = _max_abs(pred[:, None, None], ols_ref[:, None, None])
@@ -689,13 +852,107 @@ def verify_model(
         checked, note = True, ""
     ols = PredictionCheck("ols", oa, orr, math.nan, checked, (not checked) or bool(orr <= rtol), note)
 
-    alpha = AlphaCheck(spec.alpha, tuple(float(a) for a in alpha_eff), float(ratio.max()), n_div, check_alpha, rho)
+    alpha = AlphaCheck(math.nan if spec.adaptive else spec.alpha, tuple(float(a) for a in alpha_eff),
+                       float(ratio.max()), n_div, check_alpha, rho, spec.adaptive)
     s = spec
+    a_desc = f"adaptive(tr S^{s.alpha_trace})" if s.adaptive else f"{s.alpha:g}"
     model_desc = (
-        f"NewtonTransformer d={s.d} k={s.k} alpha={s.alpha:g} attn={s.attn} normalize={s.normalize} "
+        f"NewtonTransformer d={s.d} k={s.k} alpha={a_desc} attn={s.attn} normalize={s.normalize} "
         f"lam={s.lam:g} form={s.form} looped={s.looped}" + (" PRINTED-PAPER" if s.printed_paper else "")
-        + f"; {model.n_layers} layers, width D={layout.width}"
+        + f"; {model.n_layers} layers, width D={layout.width}, residual power P={model.residual_power}"
     )
     config = dict(spec.to_dict(), model=model_desc, B=B, n=n, P=P, N=N, n_layers=model.n_layers,
                   width=layout.width, layer_names=list(model.layer_names))
     return Report(tuple(rows), newton, ols, alpha, rtol, condition_aware, str(dtype).removeprefix("torch."), config)
+
+
+# ----------------------------------------------------------------------------- gradient descent
+def _verify_gd(model, X, y, x_query, *, rtol, check_ols, check_alpha, condition_aware) -> Report:
+    """:func:`verify_model` for a :class:`construct.GDTransformer`.
+
+    Slots after read-in and after layer s − 1 (s GD steps, w_0 = 0, η_eff = lr, or lr/N under
+    normalize): x, xq unchanged; r = y_i − x_iᵀ w_s on train tokens, 0 on the query; out =
+    x_qᵀ w_s on the query, 0 on train tokens.  The reference runs w ← w − η_eff(S w − Xᵀy) in
+    float64 from the prompt alone.  GD's steps are contractions when η_eff·λ_max(S) < 2, so no
+    rounding bound is used (``bound`` = 0: rtol decides).  The prediction is compared with
+    :func:`verify.gd_predictions` (checked) and with OLS (information only: GD with a fixed
+    step rarely reaches OLS to rtol).
+    """
+    if check_alpha not in CHECK_ALPHA_MODES:
+        raise ValueError(f"check_alpha must be one of {CHECK_ALPHA_MODES}, got {check_alpha!r}")
+    for name, v in (("check_ols", check_ols), ("condition_aware", condition_aware)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} must be a bool, got {v!r}")
+    dtype = model.dtype
+    if dtype not in DEFAULT_RTOL:
+        raise ValueError(f"model dtype {dtype} is not supported; use float64 or float32")
+    rtol = DEFAULT_RTOL[dtype] if rtol is None else check_real("rtol", rtol, positive=True)
+    X, y, x_query = check_prompts(X, y, x_query, d=model.d, dtype=dtype, device=model.device)
+    spec, layout = model.spec, model.layout
+    B, n, d = X.shape
+    N = n + 1
+    X64, y64, q64 = (t.detach().to("cpu", F64) for t in (X, y, x_query))
+    from construct.alpha import gram, lambda_max
+
+    eta = spec.lr / (N if spec.normalize else 1)
+    lm = lambda_max(gram(X64))  # (B,)
+    ratio = eta * lm
+    n_div = int((ratio >= 2.0 * (1.0 - BOUNDARY_SLACK)).sum())
+    if n_div and check_alpha == "raise":
+        raise AlphaDivergenceError(
+            f"fixed lr={spec.lr:g} diverges on {n_div} of {B} prompt(s): lr_eff*lambda_max(S) = "
+            f"{float(ratio.max()):.4g} >= 2, so GD itself diverges. Rebuild with a smaller lr, or pass check_alpha='ignore'."
+        )
+    with torch.no_grad():
+        streams = model.residual_streams(X, y, x_query).to("cpu", F64)  # (L+1, B, N, D)
+        pred = model.predict(X, y, x_query, check_alpha="ignore").to("cpu", F64)
+
+    S = X64.transpose(1, 2) @ X64
+    bvec = (X64.transpose(1, 2) @ y64[..., None])[..., 0]  # (B, d)
+    w = torch.zeros(B, d, dtype=F64)
+    zero_tok = torch.zeros(B, 1, dtype=F64)
+    xs = torch.cat([X64, X64.new_zeros(B, 1, d)], 1)
+    xq = torch.zeros(B, N, d, dtype=F64)
+    xq[:, -1] = q64
+    names = ["read-in"] + model.layer_names
+    rows = []
+    for li in range(spec.steps + 1):
+        if li:
+            w = w - eta * ((S @ w[..., None])[..., 0] - bvec)
+        r = torch.cat([y64 - (X64 @ w[..., None])[..., 0], zero_tok], 1)[..., None]  # (B, N, 1)
+        out = torch.zeros(B, N, 1, dtype=F64)
+        out[:, -1, 0] = (q64 * w).sum(-1)
+        want = {"x": xs, "xq": xq, "r": r, "out": out}
+        words = {"x": "x_i, 0 (query)", "xq": "x_q (query), 0 elsewhere",
+                 "r": f"y_i − x_iᵀ w_{li} (train), 0 (query)", "out": f"x_qᵀ w_{li} (query), 0 elsewhere"}
+        got = streams[li]
+        stream_scale = max(float(v.abs().max()) for v in want.values())
+        for slot in layout.names:
+            wv = want[slot]
+            scale = float(wv.abs().max()) or stream_scale
+            ma, where = _max_abs(got[..., layout[slot]], wv)
+            mr = _rel(ma, scale)
+            rows.append(SlotError(li - 1, names[li], slot, words[slot], ma, mr, scale, 0.0,
+                                  _token_name(where, 0, n, B), bool(mr <= rtol)))
+
+    Xa = torch.cat([X64, q64[:, None]], 1)
+    ya = torch.cat([y64, zero_tok], 1)
+    gd_ref = ref.gd_predictions(Xa, ya, [spec.steps], torch.full((B,), eta, dtype=F64), on_diverge="ignore")[0, :, -1]
+    ga, _ = _max_abs(pred[:, None, None], gd_ref[:, None, None])
+    gr = _rel(ga, float(gd_ref.abs().max()))
+    gd_check = PredictionCheck("gd", ga, gr, 0.0, True, bool(gr <= rtol), "verify.gd_predictions, same lr_eff")
+    ols_ref = ref.ols_predict(X64, y64, q64)
+    oa, _ = _max_abs(pred[:, None, None], ols_ref[:, None, None])
+    ols = PredictionCheck("ols", oa, _rel(oa, float(ols_ref.abs().max())), math.nan, False, True,
+                          "information only: GD with a fixed step is not OLS" if check_ols else "check_ols=False")
+    ev = torch.linalg.eigvalsh(S)
+    nz = ev > (d * EPS64 * 100) * ev[:, -1:].clamp(min=0)
+    base = (1 - eta * ev).abs()
+    logb = torch.where(nz & (base > 0), base.clamp(min=1e-300).log(), torch.full_like(base, -math.inf))
+    rho = float((spec.steps * logb.max(dim=1).values).clamp(max=700).exp().max())
+    alpha = AlphaCheck(spec.lr, tuple([eta] * B), float(ratio.max()), n_div, check_alpha, rho)
+    model_desc = (f"GDTransformer d={spec.d} steps={spec.steps} lr={spec.lr:g} attn={spec.attn} "
+                  f"normalize={spec.normalize}; {model.n_layers} layers, width D={layout.width}")
+    config = dict(spec.to_dict(), model=model_desc, B=B, n=n, P=0, N=N, n_layers=model.n_layers,
+                  width=layout.width, layer_names=list(model.layer_names))
+    return Report(tuple(rows), gd_check, ols, alpha, rtol, condition_aware, str(dtype).removeprefix("torch."), config)

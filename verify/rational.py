@@ -464,17 +464,46 @@ class ExactResult(CheckResult):
 
 
 def _prefix_sqrt_lambda(model) -> Fraction:
-    """√λ as stored in the prefix weights (exact), checking that the prefix is √λ·I in slot x."""
+    """√λ as stored in the prefix weights (exact), checking that the prefix is √λ·I in slot x.
+
+    An adaptive model's register token (slot ``one`` = 1, all else 0) follows the ridge tokens.
+    """
     tr, lay, d = model.transformer, model.layout, model.spec.d
     if tr.prefix is None:
         return Fraction(0)
     P = tr.prefix.detach().cpu().to(torch.float64)
-    root = Fraction(P[0, lay["x"]][0].item())
+    R = getattr(model.spec, "n_ridge", P.shape[0])
+    root = Fraction(P[0, lay["x"]][0].item()) if R else Fraction(0)
     expect = torch.zeros_like(P)
-    expect[:, lay["x"]] = float(root) * torch.eye(d, dtype=torch.float64)
+    if R:
+        expect[:R, lay["x"]] = float(root) * torch.eye(d, dtype=torch.float64)
+    if getattr(model.spec, "adaptive", False):
+        expect[R, lay["one"]] = 1.0
     if not torch.equal(P, expect):
-        raise ValueError("ridge prefix is not √λ·e_m in slot x with one common √λ; cannot derive λ")
+        raise ValueError("prefix is not √λ·e_m in slot x with one common √λ (then, adaptive models, the register "
+                         "token with one = 1); cannot derive λ")
     return root
+
+
+def pl_alpha_exact(model, X, lam: Fraction) -> tuple[Fraction, Fraction]:
+    """(τ_p, α) exactly for an adaptive model: τ_p = tr((XᵀX + λI)^p), α = Σ_j w_j ReLU(b_j − τ_p).
+
+    The kinks b_j and weights w_j are the spec's PL function (:mod:`construct.adaptive`) taken
+    exactly as floats, not read from the network: an independent mirror of the α MLP.
+    """
+    spec = model.spec
+    d = spec.d
+    Xq = _Q.from_fractions(X)
+    S = (Xq.T @ Xq).reduced()
+    if lam:
+        S = _Q.from_fractions([[S.entry(i, j) + (lam if i == j else 0) for j in range(d)] for i in range(d)])
+    Sp = S
+    for _ in range(spec.alpha_trace - 1):
+        Sp = Sp @ S
+    tau = sum((Sp.entry(i, i) for i in range(d)), Fraction(0))
+    fn = spec.pl
+    alpha = sum((Fraction(w) * max(Fraction(b) - tau, Fraction(0)) for b, w in zip(fn.kinks, fn.weights)), Fraction(0))
+    return tau, alpha
 
 
 def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None) -> ExactResult:
@@ -483,7 +512,12 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None) -> 
     ``model``: a :class:`~construct.model.NewtonTransformer`.  ``X`` (n, d), ``y`` (n,),
     ``x_query`` (d,): Fractions, ints, floats or tensors (floats are taken exactly).
     ``residuals``: also compare every slot after every layer (see module docstring).
-    ``alpha``: override α (default ``Fraction(model.spec.alpha)``).
+    ``alpha``: override α (default ``Fraction(model.spec.alpha)``; for an adaptive model the exact
+    PL value f(τ_p) of :func:`pl_alpha_exact`, which the network must reproduce in its α slot).
+
+    Adaptive models (``alpha="adaptive"``): the checked slots also include v = S x on example
+    tokens, the register's one, tau = τ_p and alpha = f(τ_p) (exact), the merged form's parked
+    c = S x_q on the query, u = 0 before the α-scale layer and (default form) u = 0 on the query.
     """
     from construct.model import NewtonTransformer
 
@@ -501,9 +535,16 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None) -> 
     root = _prefix_sqrt_lambda(model)
     lam = root * root
     P = spec.n_prefix
+    ada = getattr(spec, "adaptive", False)
+    R = spec.n_ridge if ada else P  # ridge prefix tokens (an adaptive model's register follows them)
     N = n + 1 + P
     nu = Fraction(N) if spec.normalize else Fraction(1)
-    alpha = _frac(spec.alpha if alpha is None else alpha)
+    tau_x = None
+    if ada:
+        tau_x, alpha_x = pl_alpha_exact(model, X, lam)
+        alpha = alpha_x if alpha is None else _frac(alpha)
+    else:
+        alpha = _frac(spec.alpha if alpha is None else alpha)
     alpha_eff = alpha / (nu * nu)
 
     # network, exactly
@@ -519,42 +560,75 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None) -> 
 
     if residuals:
         # expected slot contents per token (prefix rows first)
-        xs = [[root if a == m else zero for a in range(d)] for m in range(P)] + [list(r) for r in X] + [[zero] * d]
+        xs = ([[root if a == m else zero for a in range(d)] for m in range(R)] + [[zero] * d for _ in range(P - R)]
+              + [list(r) for r in X] + [[zero] * d])
         qs = [[zero] * d for _ in range(P + n)] + [list(xq)]
         ys = [[zero] for _ in range(P)] + [[v] for v in y] + [[zero]]
         Z = _Q.from_fractions([[xs[t][a] + qs[t][a] for a in range(d)] for t in range(N)])  # own vector z
         Xs = _Q.from_fractions(xs)
         fixed = {"x": Xs, "xq": _Q.from_fractions(qs), "y": _Q.from_fractions(ys)}
         steps = model.newton_step_after_layer
-        sigma = _c_seed_scale(spec.alpha) if "c" in lay else Fraction(1)
+        sigma = _c_seed_scale(spec.alpha) if "c" in lay and not ada else Fraction(1)
         last = len(steps) - 1
         query = N - 1
+        zeros_d = _Q(np.zeros((N, d), dtype=object), 1)
+        zeros_1 = _Q(np.zeros((N, 1), dtype=object), 1)
+        if ada:
+            def _col(v: Fraction) -> _Q:  # v on the register, 0 elsewhere
+                return _Q.from_fractions([[v if t == R else zero] for t in range(N)])
+            fixed["one"] = _col(Fraction(1))
+            V = Xs @ S.T  # S x on example tokens, 0 on the register and the query
+            parked = _Q.from_fractions([[(Z @ S.T).entry(t, a) if t == query else zero for a in range(d)]
+                                        for t in range(N)])
+            scale_layer = spec.alpha_layers
+            uq_zero = spec.form == "default"  # the default form never computes the query's u
         for layer in range(-1, len(steps)):
             r = streams[layer + 1]
             want: dict[str, tuple[_Q, list[int]]] = {}
-            for s in ("x", "xq", "y"):
+            for s in fixed:
                 want[s] = (fixed[s], list(range(N)))
             if layer == -1:
-                want["u"] = (_Q(np.zeros((N, d), dtype=object), 1), list(range(N)))
+                want["u"] = (zeros_d, list(range(N)))
                 if "c" in lay:
-                    want["c"] = (_Q(np.zeros((N, d), dtype=object), 1), list(range(N)))
+                    want["c"] = (zeros_d, list(range(N)))
+                if ada:
+                    want.update(v=(zeros_d, list(range(N))), tau=(zeros_1, list(range(N))),
+                                alpha=(zeros_1, list(range(N))))
             else:
                 j = steps[layer]
-                want["u"] = ((Z @ Ms[j].T).scale(nu), list(range(N)))
+                toks = list(range(N - 1)) if ada and uq_zero else list(range(N))
+                if ada and uq_zero:
+                    want["u"] = ((Z @ Ms[j].T).scale(nu), toks)
+                    want["u_query"] = (zeros_d, [query])
+                else:
+                    want["u"] = ((Z @ Ms[j].T).scale(nu), toks)
                 if "c" in lay:
                     c = (Xs @ S.T).scale(sigma / nu) if j == 0 else Z @ (S @ Ms[j]).T
                     want["c"] = (c, list(range(N)))
+                if ada:
+                    has = layer >= scale_layer - 1
+                    want["v"] = (V, list(range(N)))
+                    want["tau"] = (_col(tau_x) if has else zeros_1, list(range(N)))
+                    want["alpha"] = (_col(alpha) if has else zeros_1, list(range(N)))
+                    if layer < scale_layer:
+                        want["u"] = (zeros_d, list(range(N)))
+                        want.pop("u_query", None)
+                        if "c" in lay:
+                            want["c"] = (parked, list(range(N)))
+                    elif layer == scale_layer and "c" in lay:
+                        want["c"] = (zeros_d, list(range(N)))
             if layer < last:
                 want["out"] = (_Q(np.zeros((N, 1), dtype=object), 1), list(range(N)))
             else:
                 want["out"] = (_Q(np.array([[newton.numerator]] * N, dtype=object), newton.denominator), [query])
-            for slot in lay.names:
+            for slot in [*lay.names, "u_query"]:
                 if slot not in want:
                     continue
                 E, toks = want[slot]
-                sl = lay[slot]
+                sl = lay["u" if slot == "u_query" else slot]
                 bad = _first_mismatch(r, sl, E, toks)
                 if bad is not None:
+                    slot = "u" if slot == "u_query" else slot
                     failure = (layer, slot, bad)
                     where = "read-in" if layer == -1 else f"layer {layer} ({model.layer_names[layer]})"
                     message = (f"first exact mismatch: {where}, slot {slot!r}, token {bad} "

@@ -94,6 +94,7 @@ from construct.alpha import ALPHA_RULES, BOUNDARY_SLACK, AlphaDivergenceError, a
 from construct.validate import as_tensor, check_int, check_prompts, check_real
 
 __all__ = [
+    "residual_power_matrix", "residual_power_predict", "residual_power_predictions",
     "newton_predictions", "gd_predictions", "online_gd_predictions", "cg_predictions",
     "ols_predictions", "ridge_predictions", "newton_matrix", "newton_predict", "ols_predict",
     "prefix_stats", "prefix_spectrum", "PrefixSpectrum", "newton_matrices", "newton_auto_method",
@@ -680,7 +681,7 @@ def newton_auto_method(steps, d: int, alpha="code", on_diverge: str = "raise") -
 
 
 def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str = "auto",
-                       spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise"):
+                       spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise", order: int = 2):
     """Iterative Newton on every prefix of every prompt -> (len(steps), B, n).
 
     ``X`` (B, n, d), ``y`` (B, n); ``steps`` ints ≥ 0 (any order, repeats allowed); ``alpha`` a
@@ -695,7 +696,12 @@ def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str 
     iterations.  A fixed α with α·λ_max(S_t)² ≥ 2 diverges: ``on_diverge`` "raise" (default)
     raises AlphaDivergenceError, "warn" warns, "ignore" returns the inf/NaN ("auto" then runs
     the recurrence, whose inf/NaN are the diverging numbers themselves).
+    ``order`` p ≥ 2: the order-p hyperpower iteration M' = M Σ_{i<p} (I − SM)^i, for which
+    I − M_k S = (I − αS²)^(p^k); p = 2 is Newton, p = 3 is M' = 3M − 3MSM + MSMSM (see
+    :func:`_hyper_predictions`).
     """
+    if check_int("order", order, 2) != 2:
+        return _hyper_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, order)
     method = _method(method, NEWTON_METHODS)
     X, y, out = _prompts(X, y, min_n=0)
     steps, lam = _steps(steps), _lam(lam)
@@ -727,6 +733,164 @@ def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str 
     if not checked:
         _check_fixed_rate(rate, _lmax(S), 2, "alpha", on_diverge)
     return out(_gather_steps(_newton_batched(S, b, X, rate, steps), steps, (B, n), X.device))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hyperpower iterations and any residual power (the hyperpower network's reference)
+# ----------------------------------------------------------------------------------------------
+
+
+def _hyperpower_step(M: torch.Tensor, S: torch.Tensor, order: int) -> torch.Tensor:
+    """M' = M Σ_{i<p} (I − SM)^i, so that I − M'S = (I − MS)^p; p = 3: 3M − 3MSM + MSMSM."""
+    E = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device) - S @ M  # I − SM
+    acc, P = M, M
+    for _ in range(order - 1):
+        P = P @ E
+        acc = acc + P
+    return acc
+
+
+def _power_spectral(sp: PrefixSpectrum, a: torch.Tensor, powers: dict) -> dict:
+    """pred for I − MS = (I − αS²)^P from one spectrum, per key of ``powers`` (key -> P ≥ 1)."""
+    if any(float(P) > 1e300 for P in powers.values()):
+        raise ValueError(f"residual powers must be finite floats (<= 1e300), got {max(powers.values()):.3g}; "
+                         "use fewer steps (the iteration has long converged)")
+    keys = sorted(powers)
+    lam = sp.evals  # (B, n, d)
+    x = a.unsqueeze(-1) * lam * lam  # (B, n, d) = αλ²
+    g = _over_x(sp.z, lam)
+    g = torch.where(x > 0, g, torch.zeros_like(g))  # α = 0 (S_t = 0): M = 0
+    p = torch.tensor([float(powers[k]) for k in keys], dtype=_F64, device=lam.device)
+    pred = _one_minus_pow_sum(x, g, p)  # (len, B, n)
+    return dict(zip(keys, pred.unbind(0)))
+
+
+def _hyper_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, order: int):
+    """:func:`newton_predictions` for order p ≥ 3: ``"batched"`` (the order-p recurrence on all
+    prefixes), ``"spectral"`` (closed form with residual power p^k) or ``"loop"`` (per-prefix numpy);
+    ``"auto"`` takes spectral."""
+    method = _method(method, NEWTON_METHODS)
+    X, y, out = _prompts(X, y, min_n=0)
+    steps, lam = _steps(steps), _lam(lam)
+    on_diverge = _on_diverge(on_diverge)
+    B, n, d = X.shape
+    rate = _rate(alpha, (B, n), "alpha", ALPHA_RULES)
+    if not steps or n == 0:
+        return out(torch.zeros((len(steps), B, n), dtype=_F64))
+    S, b = _prefix_stats(X, y, lam)
+    if _needs_check(rate, on_diverge):
+        _check_fixed_rate(rate, _lmax(S), 2, "alpha", on_diverge)
+    a = _alpha(alpha, S)  # (B, n)
+    if method in ("auto", "spectral"):
+        sp = _get_spectrum(X, y, lam, spectrum)
+        res = _power_spectral(sp, a, {k: order ** k for k in set(steps)})
+    elif method == "loop":
+        Xn, yn, an = X.cpu().numpy(), y.cpu().numpy(), a.cpu().numpy()
+        want = set(steps)
+        res = {k: np.zeros((B, n)) for k in want}
+        eye = np.eye(d)
+        for bi in range(B):
+            for t in range(1, n):
+                St = Xn[bi, :t].T @ Xn[bi, :t] + lam * eye
+                M = an[bi, t] * St
+                for k in range(max(steps) + 1):
+                    if k:  # M' = M Σ_{i<p} (I − SM)^i
+                        E, acc, P = eye - St @ M, M.copy(), M
+                        for _ in range(order - 1):
+                            P = P @ E
+                            acc = acc + P
+                        M = acc
+                    if k in want:
+                        res[k][bi, t] = Xn[bi, t] @ (M @ (Xn[bi, :t].T @ yn[bi, :t]))
+        res = {k: torch.from_numpy(v).to(X.device) for k, v in res.items()}
+    else:
+        M = a[..., None, None] * S  # (B, n, d, d)
+        res = {}
+        for k in range(max(steps) + 1):
+            if k:
+                M = _hyperpower_step(M, S, order)
+            if k in set(steps):
+                res[k] = torch.einsum("bnd,bnde,bne->bn", X, M, b)
+    return out(_gather_steps(res, steps, (B, n), X.device))
+
+
+def residual_power_matrix(S, power: int, alpha) -> torch.Tensor:
+    """The M with I − M S = (I − αS²)^P, for symmetric PSD S (..., d, d) -> (..., d, d).
+
+    M = αS·Σ_{i<P} R^i with R = I − αS² (then MS = (I − R)Σ R^i = I − R^P), summed by binary
+    doubling (G_{2m} = G_m + R^m G_m, G_{m+1} = I + R G_m): O(log P) matmuls, and independent of
+    any Newton or hyperpower recurrence.  P = 2^k gives Newton's M_k, P = 4·3^j the hyperpower
+    network's.  ``alpha`` as in :func:`newton_matrix`.
+    """
+    out = _out_spec(S)
+    S = as_tensor("S", S, _F64)
+    if S.dim() < 2 or S.shape[-1] != S.shape[-2] or S.shape[-1] == 0:
+        raise ValueError(f"S must have shape (..., d, d) with d >= 1, got {tuple(S.shape)}")
+    P = check_int("power", power, 1)
+    a = _matrix_alpha(S, alpha)[..., None, None]  # (..., 1, 1)
+    eye = torch.eye(S.shape[-1], dtype=_F64, device=S.device).expand_as(S)
+    R = eye - a * (S @ S)
+    G, Rm = torch.zeros_like(S), eye.clone()  # G = Σ_{i<m} R^i, Rm = R^m, m = 0
+    for bit in bin(P)[2:]:
+        G, Rm = G + Rm @ G, Rm @ Rm  # m -> 2m
+        if bit == "1":
+            G, Rm = eye + R @ G, R @ Rm  # m -> m + 1
+    return out(a * S @ G)
+
+
+def residual_power_predict(X, y, x_query, power: int, alpha, lam: float = 0.0) -> torch.Tensor:
+    """x_qᵀ M Xᵀy with I − M S = (I − αS²)^P, S = XᵀX + λI: X (B, n, d), y (B, n), x_query (B, d) -> (B,).
+
+    The reference for networks whose residual power is not a power of two (the hyperpower form,
+    P = 4·3^j); P = 2^k equals :func:`newton_predict` with k steps.  ``alpha``: a rule, a positive
+    float or a (B,) tensor.  An unbatched prompt gives a 0-d result.
+    """
+    X, y, xq, out = _single_query(X, y, x_query)
+    lam = _lam(lam)
+    S = X.transpose(-1, -2) @ X + lam * torch.eye(X.shape[-1], dtype=_F64, device=X.device)  # (B, d, d)
+    if isinstance(alpha, (torch.Tensor, np.ndarray)) and as_tensor("alpha", alpha).numel() == 1:
+        alpha = float(as_tensor("alpha", alpha).reshape(()))
+    M = residual_power_matrix(S, power, alpha)  # (B, d, d)
+    b = (X.transpose(-1, -2) @ y.unsqueeze(-1)).squeeze(-1)  # (B, d)
+    return out(torch.einsum("bd,bde,be->b", xq, M, b))
+
+
+POWER_METHODS = ("batched", "spectral")
+
+
+def residual_power_predictions(X, y, powers, alpha="code", lam: float = 0.0, method: str = "batched",
+                               spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise"):
+    """Predictions with I − M S_t = (I − αS_t²)^P on every prefix -> (len(powers), B, n).
+
+    The all-prefix convention of :func:`newton_predictions` (output[s, b, t] predicts x_t from
+    examples 0..t−1), for any residual power P ≥ 1 (P = 2^k: Newton-k; 4·3^j: the hyperpower
+    network).  ``method``: "batched" (:func:`residual_power_matrix` on every prefix) or "spectral"
+    (closed form from one eigendecomposition per prefix).  ``alpha``, ``lam``, ``on_diverge`` as in
+    :func:`newton_predictions`.
+    """
+    method = _method(method, POWER_METHODS)
+    X, y, out = _prompts(X, y, min_n=0)
+    powers = [check_int(f"powers[{i}]", p, 1) for i, p in enumerate(_steps(powers, "powers"))]
+    lam = _lam(lam)
+    on_diverge = _on_diverge(on_diverge)
+    B, n, d = X.shape
+    rate = _rate(alpha, (B, n), "alpha", ALPHA_RULES)
+    if not powers or n == 0:
+        return out(torch.zeros((len(powers), B, n), dtype=_F64))
+    S, b = _prefix_stats(X, y, lam)
+    if _needs_check(rate, on_diverge):
+        _check_fixed_rate(rate, _lmax(S), 2, "alpha", on_diverge)
+    a = _alpha(alpha, S)  # (B, n)
+    if method == "spectral":
+        sp = _get_spectrum(X, y, lam, spectrum)
+        res = _power_spectral(sp, a, {p: p for p in set(powers)})
+        return out(_gather_steps(res, powers, (B, n), X.device))
+    res = {}
+    pos = a > 0
+    for p in set(powers):
+        M = residual_power_matrix(S, p, torch.where(pos, a, torch.ones_like(a)))  # (B, n, d, d)
+        res[p] = torch.where(pos, torch.einsum("bnd,bnde,bne->bn", X, M, b), torch.zeros_like(a))
+    return out(_gather_steps(res, powers, (B, n), X.device))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,6 +21,16 @@ largest degree in the residual stream after every layer (≤ 3^L, the bound behi
 :func:`construct.min_layers`).  If the pair structure is violated (the printed paper's V₂ = V₁),
 the check reports that, naming the block and heads, instead of running.
 
+**Adaptive α** (``alpha="adaptive"``).  The α MLP computes a piecewise-linear f(τ), not a
+polynomial, and its units are not signed pairs.  :func:`_split_alpha_mlp` checks that the only
+unpaired units read ``one`` and ``tau`` and write ``alpha`` with exactly the spec's PL kinks
+and weights, removes them, and the run then treats the register's α as one more ring
+generator.  Two identities are checked: the register's τ equals tr(S^p) as a polynomial, and
+prediction − Newton(α) is the zero polynomial in Q[x, y, x_q, α], i.e. the network runs
+exactly Newton with whatever α its MLP produced, for all real prompts.  That f(τ) itself is
+the documented PL function is checked exactly by :func:`verify.exact_check` and the weight
+comparison here.  The prediction's degree then includes α^(2^k).
+
 Feasible sizes, measured on the 2-core development machine while it was shared with other
 jobs (load 4–6, so times vary by up to 2×; per case, including the reference):
 
@@ -234,6 +244,76 @@ def _newton_poly_coeffs(alpha: Fraction, k: int) -> list[Fraction]:
     return p
 
 
+def _newton_poly_coeffs_symbolic(a, k: int, zero) -> list:
+    """As :func:`_newton_poly_coeffs` with α a polynomial ``a`` (a :class:`_ZP`): c_i ∈ Q[α]."""
+    p = [zero, a]
+    for _ in range(k):
+        sq = [zero] * (2 * len(p) - 1)
+        for i, u in enumerate(p):
+            if u:
+                for j, v in enumerate(p):
+                    if v:
+                        sq[i + j] = sq[i + j] + u * v
+        new = [zero] * (len(sq) + 1)
+        for i, u in enumerate(p):
+            new[i] = new[i] + u.scale(Fraction(2))
+        for i, u in enumerate(sq):
+            if u:
+                new[i + 1] = new[i + 1] + u.scale(Fraction(-1))
+        while new and not new[-1]:
+            new.pop()
+        p = new
+    return p
+
+
+def _split_alpha_mlp(model):
+    """An adaptive model's α MLP, checked and removed: ``(transformer copy, block index, note)``.
+
+    The α MLP's hidden units ReLU(b_j·one − τ) are not signed pairs (f is piecewise linear, not a
+    polynomial), so the case lemma cannot collapse them.  Instead every unit that is not part of
+    a signed pair must read only the slots ``one`` and ``tau`` and write only ``alpha``, with
+    exactly the spec's PL function (kinks b_j, weights w_j, :mod:`construct.adaptive`); those
+    units are zeroed in a copy of the transformer and the symbolic run replaces the register's α
+    by a free symbol after that block.  Raises :class:`PairStructureError` if anything else is
+    unpaired or the PL weights differ from the spec's.
+    """
+    import copy
+
+    tr, lay, spec = model.transformer, model.layout, model.spec
+    one, tau, alpha = lay["one"].start, lay["tau"].start, lay["alpha"].start
+    fn = spec.pl
+    want = sorted(zip(fn.kinks, fn.weights))
+    tr2 = copy.deepcopy(tr)
+    found = None
+    for b, blk in enumerate(tr2.blocks):
+        if blk.mlp is None:
+            continue
+        W_in, W_out = blk.mlp.W_in.detach(), blk.mlp.W_out.detach()
+        units = [m for m in range(W_in.shape[1])
+                 if torch.any(W_in[:, m] != 0) and torch.any(W_out[m] != 0)]
+        pl = [m for m in units if W_out[m, alpha] != 0]
+        if not pl:
+            continue
+        got = []
+        for m in pl:
+            rin = torch.nonzero(W_in[:, m]).flatten().tolist()
+            rout = torch.nonzero(W_out[m]).flatten().tolist()
+            if set(rin) - {one, tau} or rout != [alpha] or W_in[tau, m].item() != -1.0:
+                raise PairStructureError(
+                    f"block {b}, MLP unit {m} writes the alpha slot but is not ReLU(b·one − tau) -> alpha")
+            got.append((W_in[one, m].item(), W_out[m, alpha].item()))
+        if sorted(got) != want or found is not None:
+            raise PairStructureError(f"block {b}: the alpha MLP's kinks/weights differ from the spec's PL function")
+        with torch.no_grad():
+            blk.mlp.W_in[:, pl] = 0.0
+            blk.mlp.W_out[pl, :] = 0.0
+        found = b
+    if found is None:
+        raise PairStructureError("adaptive model without an alpha MLP")
+    return tr2, found, (f"block {found}: {len(want)} alpha-MLP units = the spec's PL function exactly; "
+                        "alpha treated as a free symbol after it")
+
+
 class _ZP:
     """An exact polynomial p/den: p in ZZ[gens] (sympy sparse ring), den a positive int.
 
@@ -299,21 +379,30 @@ def symbolic_check(model, n: int, *, reference: str = "horner", attention: str =
     spec, tr = model.spec, model.transformer
     cfg, d, k = tr.cfg, spec.d, spec.k
     expected_degree = 2 ** (k + 2) + 1
+    ada = getattr(spec, "adaptive", False)
+    pl_block = None
     try:
+        if ada:
+            tr, pl_block, pl_note = _split_alpha_mlp(model)
         heads, mlps, notes = collapse_relu_pairs(tr)
     except PairStructureError as e:
         return SymbolicResult(False, -1, time.perf_counter() - t0, 0, expected_degree, (), str(e))
+    if ada:
+        notes.append(pl_note)
 
     names = [f"x{i}_{a}" for i in range(n) for a in range(d)] + [f"y{i}" for i in range(n)] + [f"q{a}" for a in range(d)]
+    if ada:
+        names.append("alpha")  # the register's α: a free symbol (module doc, "Adaptive α")
     R, *gens = ring(",".join(names), ZZ)
     zero = _ZP(R.zero)
+    a_sym = _ZP(gens[-1]) if ada else None
 
     def const(f: Fraction) -> _ZP:
         return _ZP(R(f.numerator), f.denominator)
 
     Xg = [[_ZP(g) for g in gens[i * d:(i + 1) * d]] for i in range(n)]
     yg = [_ZP(g) for g in gens[n * d:n * d + n]]
-    qg = [_ZP(g) for g in gens[n * d + n:]]
+    qg = [_ZP(g) for g in gens[n * d + n:n * d + n + d]]
     D = cfg.d_model
 
     # read-in: tokens [x_i, 0, y_i] and [0, x_q, 0], then prefix rows (constants)
@@ -409,6 +498,11 @@ def symbolic_check(model, n: int, *, reference: str = "horner", attention: str =
                         add[c] = add.get(c, zero) + r[a].scale(v)
                 for c, p in add.items():
                     r[c] = r[c] + p
+        if ada and b == pl_block:
+            reg = spec.n_ridge
+            tau_col, alpha_col = model.layout["tau"].start, model.layout["alpha"].start
+            tau_poly = new[reg][tau_col]
+            new[reg][alpha_col] = a_sym  # the α MLP's output: α = f(τ), a free symbol from here on
         if last:
             rows = [new[t] if t in new else rows[t] for t in range(T)]
             layer_degrees.append(max(p.degree() for p in new[T - 1]))
@@ -426,7 +520,7 @@ def symbolic_check(model, n: int, *, reference: str = "horner", attention: str =
     root = _prefix_sqrt_lambda(model)
     lam = root * root
     N = n + 1 + spec.n_prefix
-    alpha_eff = Fraction(spec.alpha) / (N * N if spec.normalize else 1)
+    alpha_eff = None if ada else Fraction(spec.alpha) / (N * N if spec.normalize else 1)
 
     def dot(us, vs) -> _ZP:
         acc = zero
@@ -442,14 +536,30 @@ def symbolic_check(model, n: int, *, reference: str = "horner", attention: str =
     def matvec(A, v):
         return [dot(A[a], v) for a in range(d)]
 
-    if reference == "horner":
+    error = ""
+    if ada:  # the register's τ must be tr(S^p) as a polynomial
+        Sp = S
+        for _ in range(spec.alpha_trace - 1):
+            Sp = [[dot(Sp[a], [S[e][c] for e in range(d)]) for c in range(d)] for a in range(d)]
+        tr_p = zero
+        for a in range(d):
+            tr_p = tr_p + Sp[a][a]
+        if tau_poly.p.mul_ground(tr_p.den) - tr_p.p.mul_ground(tau_poly.den):
+            error = f"the register's tau slot is not tr(S^{spec.alpha_trace}) as a polynomial"
+    if reference == "horner" and ada:
+        coeffs = _newton_poly_coeffs_symbolic(a_sym, k, zero)  # p_k(t) = Σ c_i(α) t^i
+        acc = [bv * coeffs[-1] for bv in bvec]
+        for c in reversed(coeffs[1:-1]):
+            acc = [p + bv * c for p, bv in zip(matvec(S, acc), bvec)]
+        w = matvec(S, acc)
+    elif reference == "horner":
         coeffs = _newton_poly_coeffs(alpha_eff, k)  # p_k(t) = sum_i c_i t^i, c_0 = 0
         acc = [bv.scale(coeffs[-1]) for bv in bvec]
         for c in reversed(coeffs[1:-1]):
             acc = [p + bv.scale(c) for p, bv in zip(matvec(S, acc), bvec)]
         w = matvec(S, acc)
     else:
-        M = [[S[a][c].scale(alpha_eff) for c in range(d)] for a in range(d)]
+        M = [[(S[a][c] * a_sym) if ada else S[a][c].scale(alpha_eff) for c in range(d)] for a in range(d)]
         for _ in range(k):
             SM = [[dot(S[a], [M[e][c] for e in range(d)]) for c in range(d)] for a in range(d)]
             MSM = [[dot(M[a], [SM[e][c] for e in range(d)]) for c in range(d)] for a in range(d)]
@@ -458,8 +568,10 @@ def symbolic_check(model, n: int, *, reference: str = "horner", attention: str =
     ref = dot(qg, w)
     t2 = time.perf_counter()
     diff = pred.p.mul_ground(ref.den) - ref.p.mul_ground(pred.den)  # pred − ref, times pred.den·ref.den
+    if ada:  # the prediction also carries α^(2^(k+1) − 1): the degree counts the symbol α too
+        expected_degree = ref.degree()
     return SymbolicResult(
-        passed=not diff, degree=pred.degree(), time=time.perf_counter() - t0, terms=len(pred.p),
-        expected_degree=expected_degree, layer_degrees=tuple(layer_degrees), error="", notes=tuple(notes),
+        passed=not diff and not error, degree=pred.degree(), time=time.perf_counter() - t0, terms=len(pred.p),
+        expected_degree=expected_degree, layer_degrees=tuple(layer_degrees), error=error, notes=tuple(notes),
         time_network=t1 - t0, time_reference=t2 - t1,
     )

@@ -119,12 +119,23 @@ def heads_for(attn: str, bilinear: list[Head], printed_paper: bool = False) -> t
 
 def doubling_mlp(layout: ResidualLayout, slots: list[str]) -> MLPSpec:
     """MLP adding each listed slot to itself: hidden [ReLU(v), ReLU(−v)], output v (see module doc)."""
+    return scaling_mlp(layout, slots, 2)
+
+
+def scaling_mlp(layout: ResidualLayout, slots: list[str], factor: int) -> MLPSpec:
+    """MLP multiplying each listed slot by the integer ``factor`` ≥ 2, exactly.
+
+    Hidden units [ReLU(v), ReLU(−v)] with output weights ±(factor − 1) add (factor − 1)·v to the
+    slot (ReLU(v) − ReLU(−v) = v), so the slot becomes factor·v.  The weights are integers.
+    """
+    if not isinstance(factor, int) or factor < 2:
+        raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
     total = 2 * sum(layout.slot(s).size for s in slots)
     w_in, w_out, at = {}, {}, 0
     for s in slots:
         n = layout.slot(s).size
         w_in[s] = eye(n, total, at) + eye(n, total, at + n, -1.0)
-        w_out[s] = (eye(n, total, at) + eye(n, total, at + n, -1.0)).T.contiguous()
+        w_out[s] = (factor - 1) * (eye(n, total, at) + eye(n, total, at + n, -1.0)).T.contiguous()
         at += 2 * n
     return MLPSpec(w_in, w_out)
 

@@ -57,9 +57,10 @@ L_min = 2, 2, 3, 4 for k = 0, 1, 2, 3, so the k + 2 form is optimal at k = 0 and
 k + 1 form is optimal for k = 2, 3 among exact bilinear networks (at k = 1 the merged form does
 not apply: 3 layers against a bound of 2 is open).  From k = 4 on the bound
 (≈ 0.63 (k + 2)) falls below k + 1: degree counting alone does **not** rule out fewer layers
-there.  A network meeting it would have to raise the degree ×3 per layer (e.g. a cubically
-convergent iteration), which is no longer "one Newton step per layer"; we know no exact
-construction of k Newton steps in fewer than k + 1 layers and claim none.
+there.  A network meeting it has to raise the degree ×3 per layer, i.e. run a cubically
+convergent iteration instead of one Newton step per layer: the hyperpower form
+(:mod:`construct.blocks.hyperpower`) does, reaching at least Newton-k's accuracy in j + 3 layers,
+within one layer of the bound.
 """
 
 from __future__ import annotations
@@ -70,20 +71,31 @@ from .base import BlockSpec, Head, c_scale, doubling_mlp, eye, heads_for
 from .newton import newton_heads
 
 
+def c_init_heads(d: int, alpha: float, q: str = "u", out: str = "c", seed: str | None = "x") -> list[Head]:
+    """The two c-init heads: ``out`` += S·q − σ S·seed, then ``out`` −= (α/2σ²) σ² S³·q.
+
+    Train tokens use q = u, out = c, seed = x (cancelling the seed σ S x_i).  The hyperpower form's
+    query copy uses q = uq, out = cq, seed = None (its cq enters as 0, nothing to cancel).
+    """
+    sigma = c_scale(alpha)
+    first_q = {q: eye(d, d)}
+    if seed is not None:
+        first_q[seed] = eye(d, d, scale=-sigma)
+    return [
+        Head(q=first_q, k={"x": eye(d, d)}, v={"x": eye(d, d)}, o={out: eye(d, d).T},
+             label=f"c-init: {out} += Σ_l ⟨{q}{' − σ ' + seed if seed else ''}, x_l⟩ x_l"),
+        Head(q={q: eye(d, d)}, k={"c": eye(d, d)}, v={"c": eye(d, d)}, o={out: eye(d, d).T * (-0.5 * alpha / sigma ** 2)},
+             label=f"c-init: {out} −= (α/2σ²) Σ_l ⟨{q}, c_l⟩ c_l"),
+    ]
+
+
 def c_init_block(layout: ResidualLayout, d: int, alpha: float, attn: str) -> BlockSpec:
     """First Newton layer of the merged form: u ← M₁ z and c ← S M₁ z (see module docstring)."""
     if alpha <= 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
-    sigma = c_scale(alpha)
-    c_heads = [
-        Head(q={"u": eye(d, d), "x": eye(d, d, scale=-sigma)}, k={"x": eye(d, d)}, v={"x": eye(d, d)},
-             o={"c": eye(d, d).T}, label="c-init: c += Σ_l ⟨u − σ x, x_l⟩ x_l"),
-        Head(q={"u": eye(d, d)}, k={"c": eye(d, d)}, v={"c": eye(d, d)}, o={"c": eye(d, d).T * (-0.5 * alpha / sigma ** 2)},
-             label="c-init: c −= (α/2σ²) Σ_l ⟨u, c_l⟩ c_l"),
-    ]
     return BlockSpec(
         "newton+c-init",
-        heads_for(attn, newton_heads(d) + c_heads),
+        heads_for(attn, newton_heads(d) + c_init_heads(d, alpha)),
         doubling_mlp(layout, ["u", "c"]),
         "u ← M₁ z;  c ← S M₁ z",
     )
