@@ -23,6 +23,8 @@ Writes ``cost.json`` and ``cost.md`` to ``--out`` (default benchmarks/results/ad
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import json
 import math
 import time
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts
 from construct.adaptive import ALPHA_C, TRACE_POWERS, pl_alpha, pl_function, trace_power
@@ -113,7 +116,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=2000)
     ap.add_argument("--dims", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--c", type=float, nargs="+", default=[ALPHA_C], help="constants c to compare (default: the built-in one)")
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
     res["seconds"] = time.perf_counter() - t0
     res["command"] = "python -m benchmarks.adaptive_cost " + " ".join(argv or [])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cost.json").write_text(json.dumps(res, indent=1))
+    (args.out / "cost.json").write_text(dumps_strict(res, indent=1))
     md = markdown(res)
     (args.out / "cost.md").write_text(md + "\n")
     print(md)

@@ -12,11 +12,14 @@ Needs the ``lens`` extra.  Takes about 20 s on one CPU (most of it importing Tra
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import json
 import math
 from pathlib import Path
 
 import torch
+from construct.checkpoint import dumps_strict
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,8 +80,8 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.lens", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--out", default="benchmarks/results/lens", help="output folder")
     ap.add_argument("--n", type=int, default=10, help="examples in the prompt")
     ap.add_argument("--seed", type=int, default=0, help="prompt seed")
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data = patterns(a.n, a.seed)
-    (out / "patterns.json").write_text(json.dumps(data, allow_nan=False) + "\n")
+    (out / "patterns.json").write_text(dumps_strict(data) + "\n")
     plot(data, out / "patterns.png")
     for name, m in data["models"].items():
         print(f"{name}: prediction TL {m['prediction_tl']:.9g}  ours {m['prediction_ours']:.9g}")

@@ -40,12 +40,20 @@ command.
    tight loop, and ``verify_model`` against one forward pass; each an interleaved same-run ratio.
 5. **Measured cost exponents**: log-log slopes of each cost along B, n, d and k.
 
+4. **Network forward, predict_all and training step** (issue 13.3-13.4): the current forward and
+   ``predict_all`` of a hand-built network against the previous implementation
+   (:mod:`construct.reference_forward`), and a ``GargRegressor`` training step against Hugging
+   Face ``GPT2Model`` eager at the paper and ``cpu`` shapes (:mod:`benchmarks.perf_network`;
+   thread CPU time, interleaved medians).
+
 Outputs in ``OUT``: ``perf.json``, ``perf.csv`` (section, item, seconds, ratio), ``perf.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import json
 import math
@@ -57,9 +65,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts
-from benchmarks import perf_targets
+from benchmarks import perf_network, perf_targets
 from benchmarks.perf_reference import PAPER_GD_STEPS, PAPER_NEWTON_STEPS, time_reference_paths
 
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "cpu"
@@ -237,7 +246,7 @@ def run_perf_table(out_dir: str | os.PathLike, quick: bool = False, *, threads: 
     t0 = time.perf_counter()
     try:
         mach = machine(command)
-        bar = tqdm(total=5, desc="perf table", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=6, desc="perf table", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         bar.set_postfix_str("reference paths")
         ref = time_reference_paths(**sz["reference"], threads=None, seed=seed)
         bar.update(1)
@@ -253,12 +262,15 @@ def run_perf_table(out_dir: str | os.PathLike, quick: bool = False, *, threads: 
         bar.set_postfix_str("cost exponents")
         sc = perf_targets.scaling(quick, seed)
         bar.update(1)
+        bar.set_postfix_str("network forward and training step")
+        net = perf_network.network(quick, seed)
+        bar.update(1)
         bar.close()
     finally:
         torch.set_num_threads(old)
     res = {"experiment": "g. performance table", "quick": quick, "machine": mach, "sizes": sz,
            "reference": ref, "probes": pr, "constructed": co, "targets": tg, "scaling": sc,
-           "wall_seconds": time.perf_counter() - t0}
+           "network": net, "wall_seconds": time.perf_counter() - t0}
     res["ratios"] = headline_ratios(res)
     write_outputs(res, out)
     return res
@@ -283,6 +295,12 @@ def headline_ratios(res: dict) -> dict:
             r[f"target: tight loop / Newton 1-23 auto ({k})"] = v["seconds"]["loop"] / v["seconds"]["auto"]
         s = t["verify"]["seconds"]
         r["target: verify_model / forward"] = s["verify_model"] / s["forward"]
+    if "network" in res:
+        n = res["network"]
+        r["target: forward previous / current"] = n["forward"]["ratio"]
+        r["target: predict_all previous / current"] = n["predict_all"]["ratio"]
+        for shape, t in n["train"].items():
+            r.update({f"train step {shape}: {k}": v for k, v in t["ratios"].items()})
     return r
 
 
@@ -334,6 +352,8 @@ def rows(res: dict) -> list[list]:
         vc = ve["config"]
         out.append(["targets", "verify_model", f"d={vc['d']} n={vc['n']} k={vc['k']} B={vc['B']} float64",
                     ve["seconds"]["verify_model"], None, None, f"{ve['ratio']:.2f}x one forward pass (goal <= 1.3x)"])
+    if "network" in res:
+        out += perf_network.rows(res["network"])
     return out
 
 
@@ -376,11 +396,13 @@ def markdown(res: dict) -> str:
     ]
     if "targets" in res:
         lines += ["", perf_targets.markdown(res["targets"], res.get("scaling"))]
+    if "network" in res:
+        lines += ["", perf_network.markdown(res["network"])]
     return "\n".join(lines)
 
 
 def write_outputs(res: dict, out: Path) -> list[Path]:
-    (out / "perf.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "perf.json").write_text(dumps_strict(res, indent=1) + "\n")
     with open(out / "perf.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["section", "item", "workload", "seconds", "speedup_vs_tight_loop", "speedup_vs_official_pattern", "other"])
@@ -426,7 +448,7 @@ _register()
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.perf", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small workloads (seconds; ratios not meaningful)")
     ap.add_argument("--out", default="results/perf", help="output folder (default results/perf)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every path (default 1)")

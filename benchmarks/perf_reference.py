@@ -31,6 +31,8 @@ numpy loop and the batched paths are compared on equal hardware).  Run::
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import json
 import math
@@ -41,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from construct.alpha import alpha_from_rule
 from verify.reference import gd_predictions, newton_predictions, prefix_spectrum
@@ -273,7 +276,7 @@ def format_table(res: dict) -> str:
 
 def _write(res: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "perf_reference.json").write_text(json.dumps(res, indent=2))
+    (out / "perf_reference.json").write_text(dumps_strict(res, indent=2))
     with open(out / "perf_reference.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "algorithm", "seconds", "speedup_vs_loop", "speedup_vs_official_pattern"])
@@ -285,7 +288,7 @@ def _write(res: dict, out: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf_reference", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.perf_reference", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small smoke workload (a few seconds; ratios not meaningful)")
     ap.add_argument("--dense", action="store_true", help="GD at every step 1..1300 instead of the paper's 27-point grid")
     ap.add_argument("--out", type=Path, default=None, help="directory for perf_reference.json / .csv")

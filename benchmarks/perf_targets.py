@@ -42,14 +42,17 @@ QUICK = {"sweep_B": 16, "newton_B": (8, 16), "loop_prompts": 4, "repeats": 2,
          "verify": {"d": 4, "n": 10, "k": 3, "B": 8}, "verify_repeats": 2, "scaling_repeats": 1}
 
 
-def interleaved(fns: list, repeats: int) -> list[float]:
-    """Median seconds of each function, the calls interleaved A, B, …, A, B, … ``repeats`` times."""
+def interleaved(fns: list, repeats: int, clock=time.perf_counter) -> list[float]:
+    """Median seconds of each function, the calls interleaved A, B, …, A, B, … ``repeats`` times.
+
+    ``clock``: wall time by default; ``time.thread_time`` counts only this thread's CPU time.
+    """
     ts = [[] for _ in fns]
     for _ in range(max(1, repeats)):
         for i, f in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            ts[i].append(time.perf_counter() - t0)
+            ts[i].append(clock() - t0)
     return [float(np.median(t)) for t in ts]
 
 

@@ -36,6 +36,8 @@ experiments' helpers under their old names, so ``from benchmarks.run import ...`
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import dataclasses
 import json
 import platform
@@ -44,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.experiments import load_experiments
 from benchmarks.experiments.common import (FIG_DPI, error_ylim, md_table, plain as _plain, pyplot as _plt,  # noqa: F401
@@ -151,7 +154,7 @@ def _summary_md(ctx: Context, meta: dict, results: dict) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     load_experiments(EXTRA_EXPERIMENT_MODULES)
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cpu", help="which shipped checkpoints: benchmarks/checkpoints/{PRESET} and lstm-{PRESET}")
     ap.add_argument("--out", default="results", help="output folder (default: results/)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and sanity checks (CI)")
@@ -239,7 +242,7 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
     ctx.check("all_numbers_finite", not ctx.nonfinite, nonfinite=ctx.nonfinite[:20])
     plain["checks"] = _plain(ctx.checks, "checks", [])
     meta["wall_s"] = plain["meta"]["wall_s"] = time.perf_counter() - t_start
-    (out / "summary.json").write_text(json.dumps(plain, indent=1) + "\n")
+    (out / "summary.json").write_text(dumps_strict(plain, indent=1) + "\n")
     (out / "summary.md").write_text(_summary_md(ctx, meta, results))
     failed = [k for k, v in ctx.checks.items() if not v["ok"]]
     print(f"benchmarks: {len(results)} experiment(s) in {meta['wall_s']:.1f} s -> {out}/summary.md"

@@ -13,6 +13,8 @@ Nothing here is imported by the runner; it is a measuring tool for issue 13.
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import json
 import os
 import re
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from construct.checkpoint import dumps_strict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +75,7 @@ def _run(src: Path, out: Path, args: list[str]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.runner_speed", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.runner_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", required=True, help="git revision of the old runner")
     ap.add_argument("--new", default=None, help="git revision of the new runner (default: this working tree)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                "median_wall_s": {k: v[0] for k, v in med.items()}, "median_cpu_s": {k: v[1] for k, v in med.items()},
                "speedup_wall": med["old"][0] / med["new"][0], "speedup_cpu": med["old"][1] / med["new"][1],
                "outputs": cmp, "load_average": os.getloadavg()}
-        print(json.dumps(res, indent=1))
+        print(dumps_strict(res, indent=1))
         return 0 if not cmp["different"] and not cmp["only_old"] else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

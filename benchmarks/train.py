@@ -42,6 +42,8 @@ evaluates and writes.
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import dataclasses
 import hashlib
@@ -58,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts
 from construct.validate import config_from_dict
@@ -547,11 +550,18 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     step_delay: float = 0.0,
+    print_summary: bool = True,
 ) -> dict:
-    """Run (or resume) training; returns a summary dict.  See the module docstring."""
+    """Run (or resume) training; returns a summary dict.  See the module docstring.
+
+    ``print_summary``: print the summary as one JSON line on stdout (the CLI's output); callers
+    that run training as a sub-step (the width ablation inside ``benchmarks.run``) pass False so
+    their own stdout stays theirs.
+    """
     dist = _init_distributed(device)
     try:
-        return _train(cfg, RunDir(out), resume, max_minutes, _resolve_device(device, dist), dist, progress, step_delay)
+        return _train(cfg, RunDir(out), resume, max_minutes, _resolve_device(device, dist), dist, progress, step_delay,
+                      print_summary)
     finally:
         if dist.world > 1:
             import torch.distributed as tdist
@@ -561,7 +571,7 @@ def train(
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, max_minutes: float | None, dev: torch.device,
-           dist: Dist, progress: bool, step_delay: float) -> dict:
+           dist: Dist, progress: bool, step_delay: float, print_summary: bool = True) -> dict:
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size={cfg.batch_size} does not split evenly across {dist.world} processes")
     if max_minutes is not None and not max_minutes > 0:
@@ -680,8 +690,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, max_minutes: float | Non
         status = "already finished"
     summary = {"status": status, "step": step, "wall_seconds": wall(), "eval_nmse_last": last[0],
                "eval_nmse_avg": last[1], "out": str(run.out)}
-    if dist.main:
-        print(json.dumps(summary), flush=True)
+    if dist.main and print_summary:
+        print(dumps_strict(summary), flush=True)
     return summary
 
 
@@ -700,11 +710,11 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", required=True, help=f"one of {sorted(PRESETS)}")
     ap.add_argument("--out", required=True, help="output folder (model, checkpoints, log.csv)")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train")
     ap.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     ap.add_argument("--steps", type=int, default=None, help="override train_steps")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any TrainConfig field")
@@ -731,8 +741,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_only:
             from construct.checkpoint import load_model
 
-            res = compare_with_baselines(load_model(args.out).eval(), cfg, prompts=args.eval_prompts)
-            print(json.dumps({"preset": cfg.preset, "d": cfg.d, "n_points": cfg.n_points, "prompts": args.eval_prompts,
+            t0 = time.perf_counter()
+            print(f"eval-only: loading {args.out}", file=sys.stderr, flush=True)
+            model = load_model(args.out).eval()
+            print(f"eval-only: {type(model).__name__}; model, OLS and zero predictor on {args.eval_prompts} "
+                  f"fresh {cfg.preset} prompts (n={cfg.n_points}, d={cfg.d}) ...", file=sys.stderr, flush=True)
+            res = compare_with_baselines(model, cfg, prompts=args.eval_prompts)
+            print(f"eval-only: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            print(dumps_strict({"preset": cfg.preset, "d": cfg.d, "n_points": cfg.n_points, "prompts": args.eval_prompts,
                               **{k: {kk: vv for kk, vv in v.items()} for k, v in res.items()}}, indent=1))
             return 0
         train(cfg, args.out, resume=args.resume, max_minutes=args.max_minutes, device=args.device,

@@ -52,6 +52,8 @@ model on the same eval prompts and adds it as a separate, clearly labelled point
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import csv
 import json
 import math
@@ -65,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks.data import sample_prompts, zero_predictor_mse
 from benchmarks.train import PRESETS, TrainConfig, build_model, evaluate, train, training_batch
@@ -267,7 +270,7 @@ def run_width_ablation(out_dir: str | os.PathLike, quick: bool = False, *, width
             if run.exists():
                 shutil.rmtree(run)
             with torch.enable_grad():
-                res = train(cfg, run, max_minutes=cap, progress=progress)
+                res = train(cfg, run, max_minutes=cap, progress=progress, print_summary=False)
             model = load_model(run).eval()
             with torch.no_grad():
                 pp = evaluate(model, X.to(torch.float32), y.to(torch.float32), d)
@@ -347,7 +350,7 @@ def add_reference_checkpoint(out_dir: str | os.PathLike, checkpoint: str | os.Pa
 # ====================================================================== files
 def write_outputs(result: dict, out: Path, logs: dict | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "width.json").write_text(json.dumps(_plain(result), indent=1) + "\n")
+    (out / "width.json").write_text(dumps_strict(_plain(result), indent=1) + "\n")
     header = ["model", "width", "heads", "layers", "params", "steps", "nmse_last", "nmse_avg", "excess_last_vs_ols",
               "train_seconds", "status"]
     with open(out / "width.csv", "w", newline="") as f:
@@ -527,7 +530,7 @@ _register()
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.width", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.width", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny models, 30 steps (seconds; code path only)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/width; required with --quick)")
     ap.add_argument("--minutes-per-width", type=float, default=None,

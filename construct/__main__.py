@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import argparse
+
+from .cli import HelpFormatter
 import sys
 
 import torch
@@ -108,19 +110,19 @@ def cmd_demo(a) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = argparse.ArgumentParser(formatter_class=HelpFormatter, 
         prog="python -m construct",
         description="Build transformers whose hand-set weights run k steps of Iterative Newton "
                     "(M_0 = alpha*S, M_j = 2M - M S M) for in-context linear regression.",
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("demo", help="build a model, run it on a random prompt, compare with Newton and OLS, verify every layer")
+    p = sub.add_parser("demo", formatter_class=HelpFormatter, help="build a model, run it on a random prompt, compare with Newton and OLS, verify every layer")
     _add_build_args(p, need_alpha=False)
     p.add_argument("--n", type=int, default=20, help="examples in the random prompt")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompt")
     p.add_argument("--full", action="store_true", help="print the verifier's full per-slot table")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("build", help="build a model and save it as DIR/config.json + DIR/model.safetensors")
+    p = sub.add_parser("build", formatter_class=HelpFormatter, help="build a model and save it as DIR/config.json + DIR/model.safetensors")
     _add_build_args(p, need_alpha=True)
     p.add_argument("--program", choices=["newton", "gd"], default="newton",
                    help="newton: Iterative Newton (--k, --alpha, --form); gd: gradient descent from w=0 (--steps, --lr)")
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
                    help="GD step size (--program gd); converges on a prompt iff 0 < lr*lambda_max(S) < 2")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(fn=cmd_build)
-    p = sub.add_parser("describe", help="print the layer table and the residual slot table of a saved model")
+    p = sub.add_parser("describe", formatter_class=HelpFormatter, help="print the layer table and the residual slot table of a saved model")
     p.add_argument("dir", help="model folder written by 'build' (or any saved model)")
     p.set_defaults(fn=cmd_describe)
     a = ap.parse_args(argv)

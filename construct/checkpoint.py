@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -84,8 +86,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf, numpy or torch scalars too) replaced by None."""
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.generic) or (isinstance(obj, torch.Tensor) and obj.dim() == 0):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_strict(obj: Any, **kw) -> str:
+    """Strict JSON (RFC 8259: no NaN or Infinity tokens): non-finite numbers become ``null``."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kw)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (dumps_strict(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -173,16 +193,41 @@ def _resolve_kind(kind: str) -> type[SavableModel]:
     return _KINDS[kind]
 
 
+def _shipped_checkpoint(path: Path) -> Path | None:
+    """A bare name such as ``"cpu"`` that is no folder here names a checkpoint shipped in ``benchmarks``."""
+    if len(path.parts) != 1:
+        return None
+    try:
+        import benchmarks
+    except ImportError:  # pragma: no cover - construct installed without the benchmarks package
+        return None
+    return benchmarks.checkpoint_path(path.name) if path.name in benchmarks.checkpoint_names() else None
+
+
+def _shipped_hint() -> str:
+    try:
+        import benchmarks
+    except ImportError:  # pragma: no cover
+        return ""
+    names = benchmarks.checkpoint_names()
+    return f" (shipped checkpoints load by name: {names})" if names else ""
+
+
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> SavableModel:
     """Load any model saved by this project from its folder (``config.json`` + ``model.safetensors``).
 
+    ``path`` may also be the name of a checkpoint shipped with the package (``"cpu"``, ``"d10"``, ...;
+    see ``benchmarks.checkpoint_names()``) when no folder of that name exists here.
     ``dtype`` converts the weights (e.g. ``torch.float64``); by default they keep the saved dtype.
     Raises :class:`CheckpointError` (a ``ValueError``) naming the problem for a missing, corrupt or
     foreign checkpoint.
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}: folder not found")
+        shipped = _shipped_checkpoint(path)
+        if shipped is None:
+            raise CheckpointError(f"no checkpoint at {str(path)!r}: folder not found{_shipped_hint()}")
+        path = shipped
     if not path.is_dir():
         raise CheckpointError(
             f"{str(path)!r} is a file; a checkpoint is a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}"

@@ -16,7 +16,7 @@ from .transformer import Transformer
 from .validate import as_tensor, check_prompts
 
 
-PREFIX_GROUPS = 16  # predict_all runs the n prefixes in this many length groups (≈ 10% padding)
+PREFIX_GROUPS = 16  # predict_all runs the n prefixes in at most this many length groups (≈ 10% padding)
 
 
 class HandBuiltModel(HookedMixin, SavableModel):
@@ -82,12 +82,14 @@ class HandBuiltModel(HookedMixin, SavableModel):
         return out[:, -1, 0]
 
     @torch.no_grad()
-    def predict_all(self, X, y, check_alpha: str = "raise") -> torch.Tensor:
+    def predict_all(self, X, y, check_alpha: str = "raise", groups: int | None = None) -> torch.Tensor:
         """All-prefix predictions (B, n): position t predicts y_t from examples 0..t−1 (t=0 gives 0).
 
         Runs the B·n prefix prompts of :meth:`prefix_prompts`, grouped by length: cost
         O(B · (k+2) · Σ_t t² · d) ≈ O(B · k · n³ · d / 3), a third of running every prefix at full
         length (``construct.reference_forward.reference_predict_all``, the previous path).
+        ``groups``: number of length groups; None picks one from the workload (small workloads
+        run as one group, where per-call overhead would outweigh the saved work).
         """
         X, y, _ = self._check(X, y, None)
         B, n, d = X.shape
@@ -97,8 +99,11 @@ class HandBuiltModel(HookedMixin, SavableModel):
             Xm = X[:, None] * visible[None, :, :, None].to(X.dtype)  # (B, n, n, d)
             norm = (t + 1 + self.spec.n_prefix).to(X.dtype).repeat(B)
             self._alpha_check(Xm.reshape(B * n, n, d), norm, check_alpha)
+        if groups is None:  # attention entries of one full-length layer; ~2^18 of them pay for one call
+            work = B * n * (n + 1 + self.spec.n_prefix) ** 2 * self.transformer.cfg.n_heads
+            groups = max(1, min(PREFIX_GROUPS, work >> 18))
         out = X.new_empty(B, n)
-        for lo, hi, tokens, key_mask in self.prefix_prompts(X, y):
+        for lo, hi, tokens, key_mask in self.prefix_prompts(X, y, groups):
             out[:, lo:hi] = self.transformer(tokens, key_mask)[:, -1, 0].reshape(B, hi - lo)
         return out
 

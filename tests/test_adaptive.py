@@ -307,3 +307,20 @@ def test_symbolic_check_alpha_as_a_symbol(form, p):
         m2.transformer.blocks[m2.spec.alpha_layers - 1].mlp.W_out[3, m2.layout["alpha"]] *= 2  # inactive unit: still refused
     r3 = symbolic_check(m2, 2)
     assert not r3.passed and "PL function" in r3.error
+
+
+# ----------------------------------------------------------------------------- cost benchmark
+def test_adaptive_cost_error_formula_matches_newton_and_p3_is_cheapest():
+    from benchmarks.adaptive_cost import log_errors, run
+    from verify.reference import ols_predict
+
+    X, y, xq = _prompts(64, 10, 4, seed=5)
+    a = pl_alpha(pl_function(3), trace_power(X, 3))
+    got = log_errors(X, y, xq, a, [1, 3])
+    ols = ols_predict(X, y, xq)
+    for i, k in enumerate([1, 3]):
+        err = ((newton_predict(X, y, xq, k, a) - ols) ** 2).mean() / (ols ** 2).mean()
+        assert abs(got[i] - math.log10(float(err))) < 1e-6  # the spectral formula is Newton-k's error
+    res = run(dims=(6,), kappas=(1.0,), prompts=200, k_eval=(4,))
+    extra = {r["p"]: r["extra_vs_safe"][4] for r in res["rows"]}
+    assert 0 <= extra[3] <= extra[2] <= extra[1] and extra[1] >= 1

@@ -205,10 +205,25 @@ EXPECTED = [
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("bench")
     t0 = time.perf_counter()
-    code = R.run(["--quick", "--out", str(out), "--no-progress", "--seed", "0"])
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = R.run(["--quick", "--out", str(out), "--no-progress", "--seed", "0"])
+    _QUICK_STDOUT["text"] = stdout.getvalue()
     return out, code, time.perf_counter() - t0
+
+
+_QUICK_STDOUT: dict[str, str] = {}
+
+
+def test_quick_run_stdout_is_its_own_summary_line(quick_run):
+    """Sub-runs (the width ablation's training runs) keep their output off benchmarks.run's stdout."""
+    lines = [line for line in _QUICK_STDOUT["text"].splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("benchmarks: "), lines
 
 
 def _numbers(obj):

@@ -158,10 +158,37 @@ def test_structural_faults_are_named():
     assert not cert.certifiable and "MLP hidden unit" in cert.reason and "|·| case" in cert.reason
 
 
-def test_adaptive_models_are_reported_not_certifiable():
-    model = build_newton_transformer(d=2, k=2, alpha="adaptive")
-    cert = certify(model)
-    assert not cert.passed and not cert.certifiable and "adaptive" in cert.reason
+@pytest.mark.parametrize("kw", [{}, {"form": "merged", "lam": 0.3}, {"alpha_trace": 1, "attn": "linear"},
+                                {"alpha_trace": 2, "looped": True}], ids=["p3", "merged-ridge", "p1-linear", "p2-looped"])
+def test_certify_adaptive_alpha(kw):
+    """α(X) computed on the register: trace heads, the PL MLP and the scale heads are read off the weights."""
+    for k in (2, 5, 40):
+        model = build_newton_transformer(d=2, k=k, alpha="adaptive", **kw)
+        cert = certify(model)
+        assert cert.passed, cert.message
+        assert any("α(X) = f(tr(S^" in f and "model.alpha_of" in f for f in cert.facts), cert.facts
+        assert any(f"P = {2 ** k}," in f and "α(X)·S²" in f for f in cert.facts), cert.facts
+    text = str(cert)
+    assert "tr(S" in text and "α(X)·S z" in text and "register" in text
+    rng = random.Random(3)
+    names = [n for n, p in model.transformer.named_parameters() if torch.any(p != 0)]
+    for name in rng.sample(names, min(6, len(names))):
+        m = build_newton_transformer(d=2, k=5, alpha="adaptive", **kw)
+        params = dict(m.transformer.named_parameters())
+        if name not in params:
+            continue
+        _perturb(m, name, rng.choice(torch.nonzero(params[name]).tolist()), 1 + 1e-12)
+        assert not certify(m).passed, name
+    # the α MLP must be the model's PL function: one kink off by 1e-12 fails
+    m = build_newton_transformer(d=2, k=3, alpha="adaptive", **kw)
+    b = next(blk for blk in m.transformer.blocks if blk.mlp is not None and torch.any(blk.mlp.W_in[m.layout["one"]] != 0))
+    with torch.no_grad():
+        b.mlp.W_in[m.layout["one"].start, 5] *= 1 + 1e-12
+    cert = certify(m)
+    assert not cert.passed and "PL function" in cert.reason
+
+
+def test_certify_rejects_non_hand_built_models():
     with pytest.raises(TypeError, match="hand-built"):
         certify(torch.nn.Linear(2, 2))
 
@@ -289,6 +316,12 @@ def test_certify_gd(kw):
         assert cert.passed, cert.message
         assert any(f"(1 − η·S)^{steps}" in f for f in cert.facts) or steps == 0
         assert steps == 0 or f"P{str(steps).translate(str.maketrans('0123456789', '₀₁₂₃₄₅₆₇₈₉'))}" in cert.table()
+    if not kw:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            build(2, 4, 0.01).save(tmp + "/gd")
+            assert main([tmp + "/gd", "--certify"]) == 0
+            assert main([tmp + "/gd", "--exact"]) == 2  # the rational check runs Newton models only
     m = build(3, 5, 0.01, **kw)
     with torch.no_grad():
         w = m.transformer.blocks[m.transformer.cfg.layer_schedule[2]].attn.W_O

@@ -87,7 +87,9 @@ def test_newton_forward_and_predict_all_equal_reference(form, attn, normalize, l
     with torch.no_grad():
         ref = reference_forward(m.transformer, m.encode(X, y, xq))[:, -1, 0]
     assert _rel(m.predict(X, y, xq, check_alpha="ignore"), ref) < RTOL
-    assert _rel(m.predict_all(X, y, check_alpha="ignore"), reference_predict_all(m, X, y)) < RTOL
+    ref_all = reference_predict_all(m, X, y)
+    for groups in (None, 1, 2, 4, n):
+        assert _rel(m.predict_all(X, y, check_alpha="ignore", groups=groups), ref_all) < RTOL
 
 
 @pytest.mark.parametrize("attn", ["relu", "linear"])
@@ -118,3 +120,21 @@ def test_sparse_hand_set_weights_take_the_slot_path():
     dense = torch.randn(10, 12, dtype=torch.float64)
     with torch.no_grad():
         assert _used_runs(dense) is None
+
+
+def test_predict_all_grouped_on_adaptive_and_gpt2_compiled_models():
+    """Grouping by length is exact for every model kind that runs on key masks (no positions)."""
+    from construct.gpt2 import to_gpt2
+
+    g = torch.Generator().manual_seed(11)
+    X = 0.5 * torch.randn(2, 7, 2, generator=g, dtype=torch.float64)
+    y = X.sum(-1)
+    ad = build_newton_transformer(2, 3, "adaptive")
+    ref = reference_predict_all(ad, X, y)
+    for groups in (2, 7):
+        assert _rel(ad.predict_all(X, y, groups=groups), ref) < RTOL
+    ex = build_newton_transformer(2, 2, float(safe_alpha(X).min()), normalize=False)
+    comp = to_gpt2(ex, 1e-6, scale=50.0)
+    one = comp.predict_all(X, y, check_alpha="ignore", groups=1)  # one run, every prefix at full length
+    assert _rel(comp.predict_all(X, y, check_alpha="ignore", groups=3), one) < 1e-10
+    assert _rel(one, ex.predict_all(X, y)) < 1e-5

@@ -435,3 +435,53 @@ def test_readme_layers_table_is_generated():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert layers_table_markdown() in readme
+
+
+# ----------------------------------------------------------------------------- exact and symbolic checks
+HYPER_EXACT_OPTIONS = [{}, dict(attn="linear"), dict(normalize=True), dict(lam=0.25), dict(looped=True),
+                       dict(normalize=True, lam=0.5, attn="linear")]
+
+
+@pytest.mark.parametrize("kw", HYPER_EXACT_OPTIONS)
+def test_hyperpower_exact_rational_every_layer(kw):
+    """d ≤ 4, n ≤ 6, j ≤ 2 (k = 2, 3, 5: j = 0, 1, 2): every slot of every layer equals the exact
+    residual-power iterate, with the order-3 layers' fl(⅓) read as ⅓ (weights="intended")."""
+    from verify import exact_check, random_rational_prompt
+
+    for d, n, k in [(1, 1, 2), (2, 3, 3), (3, 5, 5), (4, 6, 5), (4, 2, 3), (2, 6, 2)]:
+        m = build_newton_transformer(d, k, 0.01, form="hyperpower", **kw)
+        X, y, xq = random_rational_prompt(d, n, seed=d * 10 + n)
+        r = exact_check(m, X, y, xq)
+        assert r.passed, (kw, d, n, k, r.message)
+        stored = exact_check(m, X, y, xq, weights="stored")
+        if m.spec.n_order3 == 0:  # no ⅓ anywhere: every weight is dyadic and exact as stored
+            assert stored.passed
+        else:  # the stored fl(⅓) is off by 2⁻⁵⁴ relative: visible exactly, negligible in size
+            assert not stored.passed
+            assert abs(stored.prediction - r.prediction) <= 1e-14 * abs(r.prediction) * m.spec.n_order3
+
+
+def test_hyperpower_exact_catches_a_wrong_weight():
+    from verify import exact_check, random_rational_prompt
+
+    m = build_newton_transformer(2, 5, 0.01, form="hyperpower")
+    X, y, xq = random_rational_prompt(2, 4, seed=3)
+    with torch.no_grad():
+        m.transformer.blocks[m.schedule[2]].attn.W_O[2] *= 1 + 2 ** -40  # the ⅓ head (train tokens)
+    r = exact_check(m, X, y, xq)
+    assert not r.passed and r.failing_layer == 2 and r.failing_slot == "u"
+
+
+@pytest.mark.parametrize("kw", [{}, dict(attn="linear"), dict(normalize=True), dict(lam=0.25)])
+def test_hyperpower_symbolic(kw):
+    """For all real prompts at the smallest sizes: prediction == x_qᵀ p(S) Xᵀy with
+    1 − t p(t) = (1 − αt²)^P, degree 4P + 1 (P = 4, 12, 36)."""
+    from verify import symbolic_check
+
+    for d, n, k in [(1, 1, 2), (2, 1, 2), (1, 2, 3), (1, 1, 4)]:
+        m = build_newton_transformer(d, k, 0.01, form="hyperpower", **kw)
+        r = symbolic_check(m, n)
+        assert r.passed and r.degree == r.expected_degree == 4 * m.residual_power + 1, (kw, d, n, k, r.error)
+    with torch.no_grad():
+        m.transformer.blocks[m.schedule[2]].attn.W_O[2 if kw.get("attn") != "linear" else 1] *= 1.5
+    assert not symbolic_check(m, 1).passed

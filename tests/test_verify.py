@@ -272,7 +272,8 @@ def test_cli_missing_dir(saved, capsys):
     assert main([str(saved["root"] / "nope")]) == 2
     cap = capsys.readouterr()
     assert cap.out == ""
-    assert cap.err.startswith("python -m verify: error:") and "not found" in cap.err and "Traceback" not in cap.err
+    last = cap.err.strip().splitlines()[-1]  # after the progress lines
+    assert last.startswith("python -m verify: error:") and "not found" in last and "Traceback" not in cap.err
 
 
 def test_cli_json(saved, capsys):

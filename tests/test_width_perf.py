@@ -192,3 +192,42 @@ def test_perf_table_has_issue13_targets(perf_quick):
     assert r["target: verify_model / forward"] == pytest.approx(s["verify_model"] / s["forward"], rel=1e-12)
     assert "exponent" in res["scaling"]["costs"]["newton batched (all prefixes)"]["B"]
     assert "Issue 13 targets" in (out / "perf.md").read_text()
+
+
+def test_perf_table_has_network_rows(perf_quick):
+    """Issue 13.3-13.4: forward / predict_all old vs new and the training step, ratios from this run."""
+    out, _ = perf_quick
+    res = json.loads((out / "perf.json").read_text())
+    net, r = res["network"], res["ratios"]
+    for part in ("forward", "predict_all"):
+        s = net[part]["seconds"]
+        assert _finite_pos(s["old"]) and _finite_pos(s["new"])
+        assert net[part]["ratio"] == pytest.approx(s["old"] / s["new"], rel=1e-12)
+        assert net[part]["accuracy"]["new_vs_old"] < 1e-12
+    assert r["target: predict_all previous / current"] == net["predict_all"]["ratio"]
+    for shape, t in net["train"].items():
+        ts = t["seconds"]
+        assert all(_finite_pos(v) for v in ts.values())
+        assert t["ratios"]["old/ours"] == pytest.approx(ts["old"] / ts["ours"], rel=1e-12)
+        assert t["accuracy"]["ours_vs_old_float64"] < 1e-12
+        if "hf_gpt2_eager" in ts:
+            assert t["accuracy"]["ours_vs_hf_float64"] < 1e-12 and t["accuracy"]["ours_vs_hf_float32"] < 1e-5
+        else:
+            assert "transformers" in t["skipped"]
+    with open(out / "perf.csv", newline="") as f:
+        items = {row["item"] for row in csv.DictReader(f) if row["section"] in ("network", "train step")}
+    assert {"forward, current", "predict_all, current (grouped by length)", "ours", "old"} <= items
+    assert "Network (issue 13.3-13.4)" in (out / "perf.md").read_text()
+
+
+def test_perf_network_skips_hf_cleanly_without_transformers(monkeypatch):
+    from benchmarks import perf_network
+
+    monkeypatch.setattr(perf_network, "_hf", lambda model: None)
+    t = perf_network.time_train_step("smoke", B=4, repeats=1)
+    assert "hf_gpt2_eager" not in t["seconds"] and "transformers" in t["skipped"]
+    assert any("transformers" in (row[6] or "") for row in perf_network.rows(
+        {"forward": {"config": {"d": 1, "n": 1, "k": 1, "B": 1}, "seconds": {"old": 1, "new": 1}, "ratio": 1},
+         "predict_all": {"config": {"d": 1, "n": 1, "k": 1, "prompts": 1, "prefix_prompts": 1},
+                         "seconds": {"old": 1, "new": 1}, "ratio": 1},
+         "train": {"smoke": t}}))

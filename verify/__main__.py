@@ -14,11 +14,15 @@ that is not a hand-built Newton network, bad options); errors go to stderr witho
 from __future__ import annotations
 
 import argparse
+
+from construct.cli import HelpFormatter
 import dataclasses
 import math
 import sys
+import time
 
 import torch
+from construct.checkpoint import dumps_strict
 
 DESCRIPTION = """\
 Verify a saved hand-built Newton transformer (a folder written by model.save(DIR)).
@@ -77,7 +81,7 @@ def _scale(s: str) -> float | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m verify", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("model_dir", metavar="DIR", help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--prompts", type=_positive_int, default=8, metavar="B",
@@ -127,7 +131,7 @@ def _proof_modes(args, model) -> int:
                           f"with d={model.d}, n={n} (degree {r.degree}, {r.terms} terms, {r.time:.2f} s)")
         results.append(("symbolic", r.passed, msg, None))
     if args.json:
-        print(json.dumps({"checkpoint": str(args.model_dir),
+        print(dumps_strict({"checkpoint": str(args.model_dir),
                           "results": [{"mode": m, "passed": ok, "message": msg} for m, ok, msg, _ in results]}, indent=2))
     else:
         for mode, ok, msg, text in results:
@@ -173,28 +177,43 @@ def main(argv: list[str] | None = None) -> int:
     from .numeric import verify_model
 
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    t0 = time.perf_counter()
+
+    def progress(msg: str) -> None:  # on stderr, so stdout stays the report (and --json stays JSON)
+        print(f"verify [{time.perf_counter() - t0:5.1f} s] {msg}", file=sys.stderr, flush=True)
+
     try:
+        progress(f"loading {args.model_dir}")
         try:
             model = load_model(args.model_dir, dtype=dtype)
         except CheckpointError as e:
             raise _UsageError(str(e)) from None
-        if not isinstance(model, NewtonTransformer):
+        from construct.model import HandBuiltModel
+
+        proof = args.certify or args.exact or args.symbolic
+        if not isinstance(model, NewtonTransformer) and not (proof and isinstance(model, HandBuiltModel)):
             raise _UsageError(
                 f"{args.model_dir!r} holds a {type(model).__name__} (kind {getattr(model, 'kind', '?')!r}), "
                 "not a hand-built Newton network; only those have slot invariants to verify"
+                + ("" if proof else " (a hand-built GD network can be proven with --certify)")
             )
-        if args.certify or args.exact or args.symbolic:
+        if proof:
+            modes = [m for m in ("certify", "exact", "symbolic") if getattr(args, m)]
+            progress(f"{type(model).__name__} with {model.n_layers} layers; proving: {', '.join(modes)}")
             try:
                 return _proof_modes(args, model)
             except (TypeError, ValueError) as e:
                 raise _UsageError(str(e)) from None
         args.n = args.n or 20
         X, y, xq, scale = draw_prompts(model, args.prompts, args.n, args.seed, args.scale)
+        progress(f"{type(model).__name__} with {model.n_layers} layers; checking every slot of every layer "
+                 f"on {args.prompts} prompt(s) of n={args.n}")
         try:
             report = verify_model(model, X, y, xq, rtol=args.rtol, condition_aware=args.condition_aware,
                                   check_alpha="fail")
         except AlphaRangeError as e:
             raise _UsageError(str(e)) from None
+        progress("done")
     except _UsageError as e:
         print(f"python -m verify: error: {e}", file=sys.stderr)
         return 2

@@ -45,6 +45,15 @@ read-out are checked the same way.  Anything else — a block that is not c·I, 
 key and value both see the query, an unpaired ReLU unit, LayerNorm, softmax, a causal mask —
 makes the model "not certifiable", which counts as failure and names layer, head and slot.
 
+**In-network α** (``alpha="adaptive"``).  A register token (the last prefix token) holds token
+constants in scalar slots (``Scal.k``, ``Scal.tr``).  Single-coordinate heads (head m links
+coordinate m of vector slots with scalar slots) must form families covering every coordinate
+once: a *trace* family adds c·q_i·Σ_l ⟨b_l, v_l⟩ = c·q_i·tr(P_b P_v S), a *scale* family adds
+c·(Σ_l b_l v_l)·a_i, a sum over one token's constants.  ReLU MLP units without signed partners
+between scalar slots are an opaque piecewise-linear map; they must be zero on every token but
+one and equal the model's PL function f (``spec.pl``) within rounding, and their output is the
+symbol α(X) = f(tr(S^p)) (``polys.A``).  The Newton layers then run with M₀ = α(X)·S.
+
 **Induction over layers.**  The program (:func:`program_for`) states what every slot holds after
 every layer in terms of the program's iterate, e.g. u = M_j z and c = S M_j z, and how the
 iterate steps (Newton: M' = 2M − MSM).  Layer L is certified by applying its derived algebra to
@@ -71,7 +80,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .polys import M, ONE, T, ZERO, Poly
+from .polys import A, M, ONE, T, ZERO, Poly
 from .results import CheckResult
 
 __all__ = ["Certificate", "CertRow", "certify", "program_for", "Program", "Stage", "Scal"]
@@ -86,19 +95,34 @@ _SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 # =============================================================================== slot contents
 @dataclass(frozen=True)
 class Scal:
-    """A scalar slot's content: ``y·y_own + zᵀ R(S) b`` (b = Xᵀy)."""
+    """A scalar slot's content: ``y·y_own + zᵀ R(S) b + k + tr(Tr(S))`` (b = Xᵀy).
+
+    ``k`` and ``tr`` are the same on every token of a kind (the adaptive α's register holds
+    them: 1, tr(S^p), α(X)); ``k`` is a polynomial in the in-network α symbol a.
+    """
 
     y: Fraction
     R: Poly
+    k: Poly = ZERO
+    tr: Poly = ZERO
 
     def __add__(self, o: "Scal") -> "Scal":
-        return Scal(self.y + o.y, self.R + o.R)
+        return Scal(self.y + o.y, self.R + o.R, self.k + o.k, self.tr + o.tr)
 
-    def scale(self, c: Fraction) -> "Scal":
-        return Scal(self.y * c, self.R * c)
+    def scale(self, c) -> "Scal":
+        c = c if isinstance(c, Poly) else Fraction(c)
+        if isinstance(c, Poly):
+            if self.y or self.R or self.tr:
+                raise _NotCertifiable("a token-dependent scalar times α(X) is outside the certificate's algebra")
+            return Scal(Fraction(0), ZERO, self.k * c, ZERO)
+        return Scal(self.y * c, self.R * c, self.k * c, self.tr * c)
+
+    @property
+    def constant(self) -> bool:
+        return not self.y and not self.R
 
     def __bool__(self) -> bool:
-        return bool(self.y) or bool(self.R)
+        return bool(self.y) or bool(self.R) or bool(self.k) or bool(self.tr)
 
     def pretty(self, m_name: str, coeff=None) -> str:
         parts = []
@@ -106,6 +130,10 @@ class Scal:
             parts.append("y" if self.y == 1 else f"{_name(self.y, coeff)}·y")
         if self.R:
             parts.append(f"zᵀ({self.R.pretty(m_name, coeff)})b")
+        if self.k:
+            parts.append(self.k.pretty(m_name, coeff))
+        if self.tr:
+            parts.append(f"tr({self.tr.pretty(m_name, coeff)})")
         return " + ".join(parts) or "0"
 
 
@@ -169,12 +197,15 @@ class Program:
     notes: tuple[str, ...] = ()
 
 
-def _readin(slots: list[str], y_slot: str = "y") -> dict[str, dict[str, Content]]:
-    """Read-in: x_i in x and y_i in ``y_slot`` on example tokens, x_q in xq on the query, all else 0."""
-    return {
-        "x": {s: (SZERO if s in ("y", "out", "r") else ZERO) for s in slots} | {"x": ONE, y_slot: Scal(Fraction(1), ZERO)},
-        "q": {s: (SZERO if s in ("y", "out", "r") else ZERO) for s in slots} | {"xq": ONE},
-    }
+def _readin(slots: list[str], y_slot: str = "y", scalars=("y", "out", "r"),
+            register: bool = False) -> dict[str, dict[str, Content]]:
+    """Read-in: x_i in x and y_i in ``y_slot`` on example tokens, x_q in xq on the query, all else 0;
+    ``register``: the adaptive α's register token holds 1 in slot ``one``."""
+    zero = {s: (SZERO if s in scalars else ZERO) for s in slots}
+    out = {"x": zero | {"x": ONE, y_slot: Scal(Fraction(1), ZERO)}, "q": zero | {"xq": ONE}}
+    if register:
+        out["r"] = zero | {"one": Scal(Fraction(0), ZERO, ONE, ZERO)}
+    return out
 
 
 def _stater(readin):
@@ -183,8 +214,9 @@ def _stater(readin):
         def f(m):
             out = {tk: dict(v) for tk, v in readin.items()}
             for s, val in upd.items():
-                xv, qv = val(m) if callable(val) else val
-                out["x"][s], out["q"][s] = xv, qv
+                vals = val(m) if callable(val) else val
+                for tk, v in zip(("x", "q", "r"), vals):
+                    out[tk][s] = v
             return out
         return f
     return state
@@ -245,6 +277,57 @@ def _newton_program(model) -> Program:
     )
 
 
+def _adaptive_program(model) -> Program:
+    """Iterative Newton with α = f(tr(S^p)) computed on a register token (``alpha="adaptive"``).
+
+    Layers: gram (v = S x on examples; merged: S x_q parked in c on the query), trace + α (tau =
+    tr(S^p), alpha = f(tau) on the register; with p = 1 inside the gram layer), scale (u = α S z:
+    M₀ = α(X)·S), then the fixed-α model's Newton layers and read-out, with α(X) a symbol.
+    """
+    spec = model.spec
+    form, p = spec.form, spec.alpha_trace
+    if form not in ("default", "merged"):
+        raise _NotCertifiable(f"no certificate program for alpha='adaptive' with form={form!r}")
+    F = lambda m: 2 * m - m * T * m  # noqa: E731
+    merged = form == "merged"
+    slots = list(model.layout.names)
+    scalars = ("y", "out", "one", "tau", "alpha")
+    readin = _readin(slots, scalars=scalars, register=True)
+    state = _stater(readin)
+    ident = lambda m: m  # noqa: E731
+    reg = lambda val: (SZERO, SZERO, val)  # noqa: E731  register only
+    gram = {"v": (T, ZERO, ZERO)} | ({"c": (ZERO, T, ZERO)} if merged else {})
+    ta = {"tau": reg(Scal(Fraction(0), ZERO, ZERO, T ** p)), "alpha": reg(Scal(Fraction(0), ZERO, A, ZERO))}
+    stages = []
+    if p == 1:
+        stages.append(Stage("gram+alpha", None, state(**gram, **ta)))
+    else:
+        stages.append(Stage("gram", None, state(**gram)))
+        stages.append(Stage("trace+alpha", None, state(**gram, **ta)))
+    keep = {"v": (T, ZERO, ZERO)} | ta
+    if merged:
+        carry = state(**keep, u=lambda m: (m, m, ZERO), c=lambda m: (T * m, T * m, ZERO))
+        stages.append(Stage("scale", lambda m: A * T, state(**keep, u=lambda m: (m, m, ZERO), c=(ZERO, ZERO, ZERO))))
+        stages.append(Stage("newton+c-init", F, carry, order=2))
+        stages += [Stage("newton+c", F, carry, order=2) for _ in range(spec.k - 2)]
+        stages.append(Stage("merged-readout", None, state(**keep, u=lambda m: (m, m, ZERO), c=lambda m: (T * m, T * m, ZERO),
+                                                          out=lambda m: (None, Scal(Fraction(0), F(m)), SZERO)),
+                            order=2, within=F))
+    else:
+        carry = state(**keep, u=lambda m: (m, ZERO, ZERO))  # the default form never reads the query's u
+        stages.append(Stage("scale", lambda m: A * T, carry))
+        stages += [Stage("newton", F, carry, order=2) for _ in range(spec.k)]
+        stages.append(Stage("readout", None, state(**keep, u=lambda m: (m, ZERO, ZERO),
+                                                   out=lambda m: (None, Scal(Fraction(0), m), SZERO))))
+    return Program(
+        name=f"Iterative Newton, k={spec.k}, {form} form, α(X) = f(tr(S^{p})) computed in the network",
+        scalar_slots=frozenset(scalars), readin=readin, stages=tuple(stages), symbols={},
+        base_residual=ONE - A * T * T,
+        prediction=f"x_qᵀ M_{spec.k} Xᵀy with I − M_{spec.k} S = (I − α(X)S²)^(2^{spec.k}), α(X) = f(tr(S^{p})) = "
+                   f"model.alpha_of(X)",
+    )
+
+
 def _gd_program(model) -> Program:
     """Gradient descent from w = 0: train tokens hold r = y − xᵀ w_s, the query's out x_qᵀ w_s."""
     spec = model.spec
@@ -279,9 +362,7 @@ def program_for(model) -> Program:
         return _gd_program(model)
     if isinstance(model, NewtonTransformer):
         if getattr(model.spec, "adaptive", False):
-            raise _NotCertifiable(
-                "alpha='adaptive': the in-network α is a piecewise-linear function of tr(S^p) held on a register "
-                "token, not a polynomial in S; the certificate does not cover adaptive models yet (use exact_check)")
+            return _adaptive_program(model)
         return _newton_program(model)
     raise TypeError(f"certify needs a hand-built model (NewtonTransformer), got {type(model).__name__}")
 
@@ -507,59 +588,74 @@ class _Reader:
     def tol(self, mag: np.ndarray) -> np.ndarray:
         return mag * (2 * self.unit + 2.0 ** -50)
 
-    def blocks(self, entries, rows: _Groups, cols: _Groups, where: str, layer: int | None,
-               head: str | None = None, snap: bool = True) -> dict[tuple[str, str], Fraction]:
-        """{(row group, col group): exact c} for entries (i, j, value, Σ|terms|) of a map rows → cols."""
+    def raw(self, entries, rows: _Groups, cols: _Groups) -> list[tuple]:
+        """Entries grouped by slot pair: [(row slot k, col slot k, row offsets, col offsets, values, tols)]."""
         i, j, val, mag = entries
         tol = self.tol(mag)
         keep = np.abs(val) > tol  # exact cancellations (and their rounding) are zeros
         i, j, val, tol = i[keep], j[keep], val[keep], tol[keep]
-        out: dict[tuple[str, str], Fraction] = {}
         if not len(val):
-            return out
+            return []
         gi, oi = rows.locate(i)
         gj, oj = cols.locate(j)
         pair = gi * len(cols.names) + gj
+        out = []
         for p in np.unique(pair):
             sel = pair == p
-            a, b = rows.names[int(p) // len(cols.names)], cols.names[int(p) % len(cols.names)]
-            va, vb = rows.vector[int(p) // len(cols.names)], cols.vector[int(p) % len(cols.names)]
+            out.append((int(p) // len(cols.names), int(p) % len(cols.names), oi[sel], oj[sel], val[sel], tol[sel]))
+        return out
+
+    def exact(self, v: np.ndarray, t: np.ndarray, desc: str, layer, head, slot, snap: bool = True) -> Fraction:
+        """The one exact value every entry of ``v`` stands for (each within its rounding ``t``)."""
+        vals, counts = np.unique(v, return_counts=True)
+        rep = float(vals[np.argmax(counts)])
+        rep_tol = float(t[np.argmax(v == rep)])
+        if snap:
+            kappa = self.snap(rep, rep_tol)
+            if kappa is None:
+                names = ", ".join(self.snap_names())
+                raise _NotCertifiable(
+                    f"{desc}: coefficient {rep:.17g} is " + (f"neither a small rational nor a rational times a "
+                    f"monomial in {names}" if names else "not a small rational") + f" within its rounding {rep_tol:.2g}",
+                    layer, head, slot)
+        else:
+            kappa = Fraction(rep)
+        fk = float(kappa)
+        dev = np.abs(v - fk)
+        if np.any(dev > t):
+            k = int(np.argmax(dev - t))
+            raise _NotCertifiable(
+                f"{desc}: entry {k} is {v[k]:.17g}, off its exact value {self.snap.name(kappa)} = {fk:.17g} by "
+                f"{dev[k] / abs(fk):.2g} relative, more than its rounding ({t[k] / abs(fk):.2g})", layer, head, slot)
+        self.max_err = max(self.max_err, float(np.max(dev / abs(fk))))
+        return kappa
+
+    def check_pairs(self, raw: list[tuple], rows: _Groups, cols: _Groups, where: str, layer: int | None,
+                    head: str | None = None, snap: bool = True) -> dict[tuple[str, str], Fraction]:
+        """{(row slot, col slot): exact c} after checking that each slot pair is c·I (c for scalars)."""
+        out: dict[tuple[str, str], Fraction] = {}
+        for ka, kb, ra, rb, v, t in raw:
+            a, b = rows.names[ka], cols.names[kb]
+            va, vb = rows.vector[ka], cols.vector[kb]
             desc = f"{where}: {a} → {b}"
             if va != vb:
                 raise _NotCertifiable(f"{desc} maps a {'vector' if va else 'scalar'} slot to a "
                                       f"{'vector' if vb else 'scalar'} slot (not c·I)", layer, head, b)
-            v, t, ra, rb = val[sel], tol[sel], oi[sel], oj[sel]
             if np.any(ra != rb):
                 k = int(np.argmax(ra != rb))
                 raise _NotCertifiable(f"{desc} is not a multiple of the identity: entry ({int(ra[k])}, {int(rb[k])}) "
                                       f"= {v[k]:.17g} off the diagonal", layer, head, b)
-            size = int(rows.sizes[int(p) // len(cols.names)])
+            size = int(rows.sizes[ka])
             if len(v) != size:
                 raise _NotCertifiable(f"{desc} is not a multiple of the identity: {len(v)} of {size} diagonal "
                                       f"entries are nonzero", layer, head, b)
-            vals, counts = np.unique(v, return_counts=True)
-            rep = float(vals[np.argmax(counts)])
-            rep_tol = float(t[np.argmax(v == rep)])
-            if snap:
-                kappa = self.snap(rep, rep_tol)
-                if kappa is None:
-                    raise _NotCertifiable(
-                        f"{desc}: coefficient {rep:.17g} is neither a small rational nor a rational times a "
-                        f"monomial in {', '.join(self.snap_names())} within its rounding {rep_tol:.2g}", layer, head, b)
-            else:
-                kappa = Fraction(rep)
-            fk = float(kappa)
-            dev = np.abs(v - fk)
-            rel = float(np.max(dev / abs(fk)))
-            if np.any(dev > t):
-                k = int(np.argmax(dev - t))
-                raise _NotCertifiable(
-                    f"{desc}: diagonal entry {int(ra[k])} is {v[k]:.17g}, off its exact value "
-                    f"{self.snap.name(kappa)} = {fk:.17g} by {dev[k] / abs(fk):.2g} relative, more than its "
-                    f"rounding ({t[k] / abs(fk):.2g})", layer, head, b)
-            self.max_err = max(self.max_err, rel)
-            out[(a, b)] = kappa
+            out[(a, b)] = self.exact(v, t, desc + " (diagonal)", layer, head, b, snap)
         return out
+
+    def blocks(self, entries, rows: _Groups, cols: _Groups, where: str, layer: int | None,
+               head: str | None = None, snap: bool = True) -> dict[tuple[str, str], Fraction]:
+        """{(row group, col group): exact c} for entries (i, j, value, Σ|terms|) of a map rows → cols."""
+        return self.check_pairs(self.raw(entries, rows, cols), rows, cols, where, layer, head, snap)
 
     def snap_names(self) -> list[str]:
         return [lbl for lbl, _, _ in self.snap.cands if lbl and "·" not in lbl and not any(ch in lbl for ch in "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")]
@@ -573,9 +669,38 @@ class _Head:
 
 
 @dataclass
+class _Family:
+    """d single-coordinate heads that act together (the adaptive α's trace and scale heads).
+
+    Head m links coordinate m of vector slots with scalar slots.  ``kind="trace"``: scalar query
+    slots a, vector key slots b, vector value slots v, scalar outputs o: adds
+    Σ c_ab c_vo · a_i · Σ_l ⟨b_l, v_l⟩ = c·a_i·tr(P_b P_v S).  ``kind="scale"``: vector query
+    slots a, scalar keys b, scalar values v, vector outputs o: adds Σ c_ab c_vo (Σ_l b_l v_l)·a_i.
+    """
+
+    kind: str
+    QK: dict[tuple[str, str], Fraction]
+    OV: dict[tuple[str, str], Fraction]
+    label: str
+
+
+@dataclass
+class _Opaque:
+    """ReLU MLP units that are not signed pairs: a piecewise-linear map of scalar slots (the adaptive α)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    units: int
+    W_in: dict        # {(slot, unit): value}
+    W_out: dict       # {(unit, slot): value}
+
+
+@dataclass
 class _BlockAlgebra:
     heads: list[_Head]
     mlp: dict[tuple[str, str], Fraction]
+    families: list[_Family] = field(default_factory=list)
+    opaque: _Opaque | None = None
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -609,6 +734,59 @@ def _head_entries(sp: tuple, h: int, transpose: bool = False):
     return (c, r, v) if transpose else (r, c, v)
 
 
+def _circuit(reader: _Reader, entries, slots: _Groups, where: str, layer: int, head: str) -> dict:
+    """A head's circuit by slot pair: {(a, b): c} for c·I blocks, {(a, b, m): c} for a single entry that
+    links coordinate m of a vector slot with a scalar slot (one head of an adaptive α family)."""
+    raw = reader.raw(entries, slots, slots)
+    plain = [r for r in raw if slots.vector[r[0]] == slots.vector[r[1]]]
+    out = reader.check_pairs(plain, slots, slots, where, layer, head)
+    for ka, kb, ra, rb, v, t in raw:
+        if slots.vector[ka] == slots.vector[kb]:
+            continue
+        a, b = slots.names[ka], slots.names[kb]
+        if len(v) != 1:
+            raise _NotCertifiable(f"{where}: {a} → {b} maps a {'vector' if slots.vector[ka] else 'scalar'} slot to a "
+                                  f"{'vector' if slots.vector[kb] else 'scalar'} slot (not c·I)", layer, head, b)
+        m = int(ra[0]) if slots.vector[ka] else int(rb[0])
+        out[(a, b, m)] = reader.exact(v, t, f"{where}: {a} → {b} (coordinate {m})", layer, head, b)
+    return out
+
+
+def _families(heads: list[_Head], slots: _Groups, layer: int, where: str, d: int) -> tuple[list[_Head], list[_Family]]:
+    """Split single-coordinate heads off and group them into families that cover every coordinate once."""
+    plain, groups = [], {}
+    vec = dict(zip(slots.names, slots.vector))
+    for h in heads:
+        keys = [*h.QK, *h.OV]
+        coord = [k for k in keys if len(k) == 3]
+        if not coord:
+            plain.append(h)
+            continue
+        ms = {k[2] for k in coord}
+        if len(coord) != len(keys) or len(ms) != 1:
+            raise _NotCertifiable(f"{where} {h.label}: mixes single-coordinate and c·I circuits, or coordinates "
+                                  f"{sorted(ms)}", layer, h.label, coord[0][1])
+        qk = {(a, b): c for (a, b, _), c in h.QK.items()}
+        ov = {(v, o): c for (v, o, _), c in h.OV.items()}
+        if all(not vec[a] and vec[b] for a, b in qk) and all(vec[v] and not vec[o] for v, o in ov):
+            kind = "trace"
+        elif all(vec[a] and not vec[b] for a, b in qk) and all(not vec[v] and vec[o] for v, o in ov):
+            kind = "scale"
+        else:
+            raise _NotCertifiable(f"{where} {h.label}: single-coordinate head of an unknown kind "
+                                  f"(QK {sorted(qk)}, OV {sorted(ov)})", layer, h.label, next(iter(ov))[1])
+        groups.setdefault((kind, frozenset(qk.items()), frozenset(ov.items())), []).append((ms.pop(), h.label))
+    fams = []
+    for (kind, qk, ov), members in groups.items():
+        got = sorted(m for m, _ in members)
+        if got != list(range(d)):
+            raise _NotCertifiable(f"{where}: the {kind} heads {sorted(dict(qk))} → {sorted(dict(ov))} cover "
+                                  f"coordinates {got}, not each of 0 … {d - 1} once", layer, members[0][1],
+                                  sorted(dict(ov))[0][1])
+        fams.append(_Family(kind, dict(qk), dict(ov), f"{kind} heads ({members[0][1]} … {members[-1][1]})"))
+    return plain, fams
+
+
 def _read_block(reader: _Reader, sp: dict, cfg, slots: _Groups, layer: int, lname: str, attn: str,
                 scale: float) -> _BlockAlgebra:
     heads: list[_Head] = []
@@ -624,8 +802,8 @@ def _read_block(reader: _Reader, sp: dict, cfg, slots: _Groups, layer: int, lnam
             ovc = _join(v, o)
             if scale != 1.0:
                 qk = (qk[0], qk[1], qk[2] * scale, qk[3] * abs(scale))
-            QK = reader.blocks(qk, slots, slots, f"{where} head {h} QK circuit (query slot → key slot)", layer, f"head {h}")
-            OV = reader.blocks(ovc, slots, slots, f"{where} head {h} OV circuit (value slot → output slot)", layer, f"head {h}")
+            QK = _circuit(reader, qk, slots, f"{where} head {h} QK circuit (query slot → key slot)", layer, f"head {h}")
+            OV = _circuit(reader, ovc, slots, f"{where} head {h} OV circuit (value slot → output slot)", layer, f"head {h}")
             if QK and OV:
                 circ.append((h, QK, OV))
         if attn == "linear":
@@ -640,7 +818,7 @@ def _read_block(reader: _Reader, sp: dict, cfg, slots: _Groups, layer: int, lnam
                 mate = next((j for j in unused if circ[j][1] == negQK and circ[j][2] == negOV), None)
                 if mate is None:
                     absv = next((j for j in unused if circ[j][1] == negQK and circ[j][2] == OV), None)
-                    outs = sorted({o for _, o in OV})
+                    outs = sorted({key[1] for key in OV})
                     if absv is not None:
                         raise _NotCertifiable(
                             f"{where}: ReLU heads {h} and {circ[absv][0]} have opposite QK circuits but EQUAL OV "
@@ -653,7 +831,9 @@ def _read_block(reader: _Reader, sp: dict, cfg, slots: _Groups, layer: int, lnam
                         layer, f"head {h}", outs[0])
                 unused.remove(mate)
                 heads.append(_Head(QK, OV, f"heads {h}+{circ[mate][0]}"))
+    heads, families = _families(heads, slots, layer, where, reader.d)
     mlp: dict[tuple[str, str], Fraction] = {}
+    opaque = None
     if "W_in" in sp:
         (D, Mh), fin, vin = sp["W_in"]
         _, fout, vout = sp["W_out"]
@@ -671,27 +851,40 @@ def _read_block(reader: _Reader, sp: dict, cfg, slots: _Groups, layer: int, lnam
             key = (tuple(ii[a0:a1].tolist()), tuple(vin[a0:a1].tolist()), tuple(oj[b0:b1].tolist()), tuple(vout[b0:b1].tolist()))
             sig[m] = key
             keyed.setdefault(key, []).append(m)
-        used, paired = set(), []
+        used, paired, lone = set(), [], []
         for m in live.tolist():
             if m in used:
                 continue
             wi, iv, wo, ov = sig[m]
             partner = [p for p in keyed.get((wi, tuple(-x for x in iv), wo, tuple(-x for x in ov)), []) if p not in used]
+            ins_g = slots.locate(np.array(wi))[0]
+            outs_g = slots.locate(np.array(wo))[0]
+            if not partner and all(not slots.vector[g] for g in (*ins_g, *outs_g)):
+                lone.append(m)  # a unit of a piecewise-linear map between scalar slots (adaptive α)
+                used.add(m)
+                continue
             if not partner:
                 absv = [p for p in keyed.get((wi, tuple(-x for x in iv), wo, ov), []) if p not in used and p != m]
-                outs = sorted({slots.names[g] for g in slots.locate(np.array(wo))[0]})
+                outs = sorted({slots.names[g] for g in outs_g})
                 kind = ("its partner has the same output weights (ReLU(v) + ReLU(−v) = |v|, the |·| case)"
                         if absv else "it has no partner (−w, −o)")
                 raise _NotCertifiable(f"{where}: MLP hidden unit {m} writes slot {', '.join(outs)} but {kind}; "
                                       f"ReLU(v) − ReLU(−v) = v does not apply", layer, "MLP", outs[0])
             used.update((m, partner[0]))
             paired.append(m)
+        if lone:
+            li, lo_ = np.isin(im, lone), np.isin(om, lone)
+            gi = slots.locate(ii[li])[0]
+            go = slots.locate(oj[lo_])[0]
+            opaque = _Opaque(tuple(sorted({slots.names[g] for g in gi})), tuple(sorted({slots.names[g] for g in go})),
+                             len(lone), {(slots.names[g], int(u)): float(x) for g, u, x in zip(gi, im[li], vin[li])},
+                             {(int(u), slots.names[g]): float(x) for g, u, x in zip(go, om[lo_], vout[lo_])})
         keep_i = np.isin(im, paired)
         keep_o = np.isin(om, paired)
         # Σ over pairs of w oᵀ (each pair adds (ReLU(h) − ReLU(−h)) o = h o): join on the unit index
-        mlp = reader.blocks(_join((ii[keep_i], im[keep_i], vin[keep_i]), (oj[keep_o], om[keep_o], vout[keep_o])),
+        mlp = {} if not paired else reader.blocks(_join((ii[keep_i], im[keep_i], vin[keep_i]), (oj[keep_o], om[keep_o], vout[keep_o])),
                             slots, slots, f"{where} MLP (input slot → output slot, unit pairs collapsed)", layer, "MLP")
-    return _BlockAlgebra(heads, mlp)
+    return _BlockAlgebra(heads, mlp, families, opaque)
 
 
 # =============================================================================== the algebra
@@ -706,25 +899,28 @@ def _combine(coef: dict[tuple[str, str], Fraction], state: dict[str, Content], b
 
 
 def _apply(alg: _BlockAlgebra, state: dict[str, dict[str, Content]], scalar: frozenset, layer: int,
-           where: str) -> dict[str, dict[str, Content]]:
+           where: str, normalized: bool = False) -> dict[str, dict[str, Content]]:
+    state = {tk: {s: _canon(c, tk) for s, c in v.items()} for tk, v in state.items()}
     new = {tk: dict(v) for tk, v in state.items()}
     X = state["x"]
+    others = [tk for tk in state if tk != "x"]  # the query (and the adaptive α's register): not examples
     for head in alg.heads:
         for (a, b) in head.QK:
             if a in scalar or b in scalar:
                 raise _NotCertifiable(f"{where} {head.label}: its score reads scalar slot "
                                       f"{a if a in scalar else b} (only vector slots give a product with S)",
                                       layer, head.label, a if a in scalar else b)
-        # the query must not enter the sum over tokens: key or value zero on the query
-        key_q = _combine({(b, a): c for (a, b), c in head.QK.items()}, state["q"], True, scalar)  # per query slot a
-        val_q = _combine(head.OV, state["q"], True, scalar)
-        if any(key_q.values()) and any(val_q.values()):
-            bad = sorted({b for (a, b) in head.QK if state["q"][b]})
-            raise _NotCertifiable(
-                f"{where} {head.label}: on the query token both its key (slot {', '.join(bad)}) and its value are "
-                f"nonzero, so the sum over tokens would include the query and is not a product with S",
-                layer, head.label, bad[0] if bad else None)
-        for tk in ("x", "q"):
+        # a non-example token must not enter the sum over tokens: its key or its value is zero
+        for tk in others:
+            key = _combine({(b, a): c for (a, b), c in head.QK.items()}, state[tk], True, scalar)  # per query slot
+            val = _combine(head.OV, state[tk], True, scalar)
+            if any(key.values()) and any(val.values()):
+                bad = sorted({b for (a, b) in head.QK if state[tk][b]})
+                raise _NotCertifiable(
+                    f"{where} {head.label}: on the {_TOKEN[tk]} token both its key (slot {', '.join(bad)}) and its "
+                    f"value are nonzero, so the sum over tokens would include the {_TOKEN[tk]} and is not a product "
+                    f"with S", layer, head.label, bad[0] if bad else None)
+        for tk in state:
             Z = state[tk]
             kern = ZERO  # z_iᵀ (Σ c_ab P_a P_b) x_l : the score as a polynomial factor
             for (a, b), c in head.QK.items():
@@ -735,25 +931,78 @@ def _apply(alg: _BlockAlgebra, state: dict[str, dict[str, Content]], scalar: fro
             for (v, o), c in head.OV.items():
                 val = X[v]
                 if isinstance(val, Scal):
+                    if val.k or val.tr:
+                        raise _NotCertifiable(f"{where} {head.label}: value slot {v} holds a token constant on example "
+                                              f"tokens (Σ_l x_l would appear)", layer, head.label, v)
                     add = Scal(Fraction(0), kern * (T * val.R + Poly.const(val.y)) * c)
                 else:
                     add = kern * T * val * c
                 new[tk][o] = new[tk][o] + add
+    if alg.families and normalized:
+        raise _NotCertifiable(f"{where}: single-coordinate heads under 1/N normalisation are not covered", layer)
+    for fam in alg.families:
+        if fam.kind == "trace":  # Σ_l ⟨b_l, v_l⟩ over example tokens = tr(P_b P_v S); others must not enter
+            for tk in others:
+                if any(state[tk][b] for _, b in fam.QK) and any(state[tk][v] for v, _ in fam.OV):
+                    raise _NotCertifiable(f"{where} {fam.label}: the {_TOKEN[tk]} token's key and value are nonzero",
+                                          layer, fam.label, next(iter(fam.QK))[1])
+            for tk in state:
+                for (a, b), cab in fam.QK.items():
+                    q = state[tk][a]
+                    if not q:
+                        continue
+                    if not q.constant or q.tr:
+                        raise _NotCertifiable(f"{where} {fam.label}: its query {a} is not a token constant on the "
+                                              f"{_TOKEN[tk]} token", layer, fam.label, a)
+                    for (v, o), cvo in fam.OV.items():
+                        inner = X[b] * X[v] * T * q.k * (cab * cvo)
+                        new[tk][o] = new[tk][o] + Scal(Fraction(0), ZERO, ZERO, inner)
+        else:  # scale: (Σ_l b_l v_l)·a_i, the sum over tokens of a product of token constants
+            for (a, b), cab in fam.QK.items():
+                for (v, o), cvo in fam.OV.items():
+                    total = ZERO
+                    for tk in state:
+                        kb, kv = state[tk][b], state[tk][v]
+                        if not kb or not kv:
+                            continue
+                        if tk == "x" or not (kb.constant and kv.constant and not kb.tr and not kv.tr):
+                            raise _NotCertifiable(f"{where} {fam.label}: key {b} and value {v} are both nonzero on the "
+                                                  f"{_TOKEN[tk]} tokens and not constants of one token", layer, fam.label, b)
+                        total = total + kb.k * kv.k
+                    for tk in state:
+                        P = state[tk][a]
+                        if P and total:
+                            new[tk][o] = new[tk][o] + P * total * (cab * cvo)
     if alg.mlp:
-        for tk in ("x", "q"):
+        for tk in state:
             for o, add in _combine(alg.mlp, new[tk], True, scalar).items():
                 new[tk][o] = new[tk][o] + add
+    if alg.opaque is not None:
+        op = alg.opaque
+        for tk in state:
+            ins = [new[tk][s] for s in op.inputs]
+            if not any(ins):
+                continue  # every unit is ReLU(0) = 0 (no biases): nothing written
+            if tk == "x" or any(not i.constant for i in ins) or len(op.outputs) != 1:
+                raise _NotCertifiable(f"{where}: MLP units without signed partners read {', '.join(op.inputs)}, "
+                                      f"which are not token constants of one token", layer, "MLP", op.outputs[0])
+            new[tk][op.outputs[0]] = new[tk][op.outputs[0]] + Scal(Fraction(0), ZERO, A, ZERO)
     return new
 
 
 def _canon(c: Content | None, tk: str) -> Content | None:
+    """Content as it is on a token kind: the query's own y is 0; the register has no own vector or y."""
+    if c is None:
+        return None
+    if tk == "r":
+        return Scal(Fraction(0), ZERO, c.k, c.tr) if isinstance(c, Scal) else ZERO
     if isinstance(c, Scal) and tk == "q":
-        return Scal(Fraction(0), c.R)  # the query's own y is 0
+        return Scal(Fraction(0), c.R, c.k, c.tr)
     return c
 
 
 # =============================================================================== read-in, read-out, facts
-_TOKEN = {"x": "train", "q": "query"}
+_TOKEN = {"x": "train", "q": "query", "r": "register"}
 
 
 def _slot_groups(lay, prog: Program, d: int) -> _Groups:
@@ -838,13 +1087,27 @@ def _read_in(model, reader: _Reader, slots: _Groups, prog: Program):
             state["x"][s] = Scal(c.get(("y", s), Fraction(0)), ZERO)
             state["q"][s] = SZERO
     lam = Fraction(getattr(spec, "lam", 0.0))
-    if tr.prefix is None:
-        if lam:
-            raise _NotCertifiable(f"spec.lam = {spec.lam:g} but the model has no ridge prefix tokens", -1, "prefix")
+    Pw = _np(tr.prefix) if tr.prefix is not None else np.zeros((0, slots.starts[-1] + slots.sizes[-1]))
+    n_reg = 1 if "r" in prog.readin else 0
+    if Pw.shape[0] != (d if lam else 0) + n_reg:
+        raise _NotCertifiable(f"{Pw.shape[0]} prefix tokens; the program has {d if lam else 0} ridge tokens (λI needs d) "
+                              f"and {n_reg} register token(s)", -1, "prefix")
+    if n_reg:  # the adaptive α's register: the last prefix token, token constants in scalar slots only
+        ri, rj, rv = _nz(Pw[-1:])
+        reg = _Groups(("register",), np.array([0]), np.array([1]), (False,))
+        got = {}
+        for ka, kb, ra, rb, v, t in reader.raw((ri, rj, rv, np.abs(rv)), reg, slots):
+            sname = slots.names[kb]
+            if slots.vector[kb]:
+                raise _NotCertifiable(f"register token holds a value in vector slot {sname!r}", -1, "register", sname)
+            got[sname] = reader.exact(v, t, f"register token, slot {sname}", -1, "register", sname)
+        state["r"] = {s_: (Scal(Fraction(0), ZERO, Poly.const(got[s_]), ZERO) if s_ in got else
+                           (SZERO if not slots.vector[k] else ZERO)) for k, s_ in enumerate(slots.names)}
+        Pw = Pw[:-1]
+    if not lam:
+        if Pw.shape[0]:
+            raise _NotCertifiable("the model has ridge prefix tokens but spec.lam = 0", -1, "prefix")
         return state, Fraction(0)
-    Pw = _np(tr.prefix)
-    if Pw.shape[0] != d:
-        raise _NotCertifiable(f"{Pw.shape[0]} ridge prefix tokens; λI needs exactly d = {d}", -1, "prefix")
     pi, pj, pv = _nz(Pw)
     pre = _Groups(("prefix",), np.array([0]), np.array([d]), (True,))
     blocks = reader.blocks((pi, pj, pv, np.abs(pv)), pre, slots, "ridge prefix (prefix token m → slot)", -1,
@@ -852,7 +1115,7 @@ def _read_in(model, reader: _Reader, slots: _Groups, prog: Program):
     rho = None
     for k, s in enumerate(slots.names):
         cx = state["x"][s]
-        want = cx.terms.get((0, 0), Fraction(0)) if isinstance(cx, Poly) else Fraction(0)
+        want = cx.terms.get((0, 0, 0), Fraction(0)) if isinstance(cx, Poly) else Fraction(0)
         got = blocks.get(("prefix", s), Fraction(0))
         if not want and got:
             raise _NotCertifiable(f"ridge prefix writes slot {s!r}, which the train tokens' read-in leaves 0", -1, "prefix", s)
@@ -912,6 +1175,31 @@ def _program_facts(model, prog: Program, facts: list[str], lam: Fraction, snap) 
                      "with α/N² (Newton, by the homogeneity of the step) or η/N (GD)")
 
 
+def _check_pl(model, op: _Opaque, reader: _Reader, layer: int, facts: list[str]) -> None:
+    """The adaptive α's MLP must be the model's PL function f (kinks b_j, slopes w_j) within rounding."""
+    pl = getattr(model.spec, "pl", None)
+    if pl is None or op.inputs != ("one", "tau") or op.outputs != ("alpha",):
+        raise _NotCertifiable(f"layer {layer}: MLP units without signed partners ({op.inputs} → {op.outputs}) are not "
+                              f"the adaptive α's PL function", layer, "MLP", op.outputs[0] if op.outputs else None)
+    units = sorted({u for _, u in op.W_in} | {u for u, _ in op.W_out})
+    kinks, weights = list(pl.kinks), list(pl.weights)
+    if len(units) != len(kinks):
+        raise _NotCertifiable(f"layer {layer}: the α MLP has {len(units)} units, the PL function {len(kinks)} kinks",
+                              layer, "MLP", "alpha")
+    tol = 4 * reader.unit
+    for n, u in enumerate(units):
+        for got, want, what in ((op.W_in.get(("one", u), 0.0), kinks[n], "kink b_j"),
+                                (op.W_in.get(("tau", u), 0.0), -1.0, "input weight −1 on tau"),
+                                (op.W_out.get((u, "alpha"), 0.0), weights[n], "slope w_j")):
+            if abs(got - want) > tol * abs(want):
+                raise _NotCertifiable(f"layer {layer}: α MLP unit {u}: {what} is {got:.17g}, the PL function's "
+                                      f"{want:.17g} (off by more than rounding)", layer, "MLP", "alpha")
+    fact = (f"α(X) = f(tr(S^{model.spec.alpha_trace})) on the register: layer {layer}'s MLP is the model's PL function "
+            f"f ({len(units)} tangent-line units, stored kinks and slopes within rounding), the f of model.alpha_of")
+    if fact not in facts:
+        facts.append(fact)
+
+
 def _read_out(model, reader: _Reader, slots: _Groups, final_q: dict[str, Content]) -> tuple[Scal, dict]:
     W = _np(model.transformer.W_out)
     if W.shape[1] != 1:
@@ -955,7 +1243,7 @@ def certify(model) -> Certificate:
 
     def compare(L, lname, got_state, want_state, disp_state, in_state, in_name, out_name):
         bad = None
-        for tk in ("x", "q"):
+        for tk in want_state:
             for s in lay.names:
                 got, w = _canon(got_state[tk][s], tk), _canon(want_state[tk][s], tk)
                 ok = w is None or got == w
@@ -981,7 +1269,7 @@ def certify(model) -> Certificate:
         canon: dict[int, int] = {}
         sparse: dict[int, dict] = {}
         it: Poly | None = None   # the iterate entering the layer, as a polynomial in S (None: none yet / symbolic)
-        started, j, prev = False, prog.first_index - 1, None
+        have, j, prev = False, prog.first_index - 1, None  # have: an iterate exists (after the first step)
         for L, (b, stage) in enumerate(zip(cfg.layer_schedule, prog.stages)):
             lname = names[L] if L < len(names) else stage.name
             if b not in canon:
@@ -992,25 +1280,29 @@ def certify(model) -> Certificate:
                     scale = tr.blocks[b].attn.scale if tr.blocks[b].attn is not None else 1.0
                     algebra[b] = _read_block(reader, sparse[b], cfg, slots, L, lname, cfg.attn, scale)
                 reader.seconds += time.perf_counter() - tw
-            if not started:
+            if prev is None:
                 m_use, inp = None, prog.readin
+            elif not have:
+                m_use, inp = None, prev.state(None)
             else:
                 m_use = it if (it is not None and it.nterms <= CONCRETE_TERMS) else M
                 inp = prev.state(m_use)
             if any(v is None for tk in inp.values() for v in tk.values()):
                 raise ValueError(f"program {prog.name!r}: only the last stage may leave a slot unchecked")
-            out = _apply(algebra[canon[b]], inp, prog.scalar_slots, L, f"layer {L} ({lname})")
-            if stage.step is None and not started:
-                raise ValueError(f"program {prog.name!r}: the first stage must define the first iterate")
+            out = _apply(algebra[canon[b]], inp, prog.scalar_slots, L, f"layer {L} ({lname})", cfg.attn_norm)
+            if algebra[canon[b]].opaque is not None:
+                _check_pl(model, algebra[canon[b]].opaque, reader, L, facts)
             m_out = stage.step(m_use) if stage.step is not None else m_use
             j_out = j + 1 if stage.step is not None else j
+            have_out = have or stage.step is not None
             in_name = sub(j) if m_use is M else ""
-            bad = compare(L, lname, out, stage.state(m_out), stage.state(M), inp, in_name, sub(j_out))
+            bad = compare(L, lname, out, stage.state(m_out), stage.state(M if have_out else None), inp, in_name,
+                          sub(j_out))
             if bad is not None:
                 return result(False, True, bad, layer=L, slot=bad.slot)
             it = None if m_use is M else m_out
-            started, j, prev = True, j_out, stage
-        final = prev.state(it if it is not None else M) if prev is not None else prog.readin
+            have, j, prev = have_out, j_out, stage
+        final = prog.readin if prev is None else prev.state((it if it is not None else M) if have else None)
         tw = time.perf_counter()
         pred, _ = _read_out(model, reader, slots, final["q"])
         reader.seconds += time.perf_counter() - tw

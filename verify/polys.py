@@ -1,10 +1,11 @@
-"""Exact polynomials in the commuting symbols t (for S) and m (for an iterate M, a polynomial in S).
+"""Exact polynomials in the commuting symbols t (for S), m (for an iterate M) and a (an in-network α).
 
 The certificate (:mod:`verify.certificate`) describes what each slot of the residual stream holds
 as a polynomial in S applied to the token's own vector.  Every matrix that occurs is a
 polynomial in the symmetric S, so all of them commute and univariate algebra suffices; ``m``
 stands for the program's current iterate (Newton's M_j, a hyperpower iterate, GD's P_j), which
 is itself such a polynomial, so an identity in Q[t, m] proves the layer for every M_j at once.
+``a`` stands for an α computed inside the network (a scalar, the same on every token).
 Coefficients are exact :class:`~fractions.Fraction` values.
 """
 
@@ -13,23 +14,23 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Callable, Iterable
 
-__all__ = ["Poly", "T", "M", "ONE", "ZERO"]
+__all__ = ["Poly", "T", "M", "A", "ONE", "ZERO"]
 
 _SUP = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 
 
 class Poly:
-    """A polynomial Σ c·t^i·m^j with exact rational coefficients (immutable)."""
+    """A polynomial Σ c·t^i·m^j·a^k with exact rational coefficients (immutable)."""
 
     __slots__ = ("terms",)
 
-    def __init__(self, terms: dict[tuple[int, int], Fraction] | None = None):
+    def __init__(self, terms: dict[tuple[int, int, int], Fraction] | None = None):
         self.terms = {e: Fraction(c) for e, c in (terms or {}).items() if c != 0}
 
     # ------------------------------------------------------------------ constructors
     @classmethod
     def const(cls, c) -> "Poly":
-        return cls({(0, 0): Fraction(c)})
+        return cls({(0, 0, 0): Fraction(c)})
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, o: "Poly") -> "Poly":
@@ -48,10 +49,10 @@ class Poly:
         if not isinstance(o, Poly):
             c = Fraction(o)
             return Poly({e: c * v for e, v in self.terms.items()})
-        out: dict[tuple[int, int], Fraction] = {}
-        for (i, j), a in self.terms.items():
-            for (k, l), b in o.terms.items():
-                key = (i + k, j + l)
+        out: dict[tuple[int, int, int], Fraction] = {}
+        for (i, j, k), a in self.terms.items():
+            for (i2, j2, k2), b in o.terms.items():
+                key = (i + i2, j + j2, k + k2)
                 out[key] = out.get(key, 0) + a * b
         return Poly(out)
 
@@ -75,22 +76,22 @@ class Poly:
     def subs_m(self, value: "Poly") -> "Poly":
         """Substitute the iterate symbol m by a polynomial (in t)."""
         out, powers = ZERO, [ONE]
-        for (i, j), c in self.terms.items():
+        for (i, j, k), c in self.terms.items():
             while len(powers) <= j:
                 powers.append(powers[-1] * value)
-            out = out + Poly({(i, 0): c}) * powers[j]
+            out = out + Poly({(i, 0, k): c}) * powers[j]
         return out
 
     @property
     def uses_m(self) -> bool:
-        return any(j for _, j in self.terms)
+        return any(j for _, j, _ in self.terms)
 
     @property
     def nterms(self) -> int:
         return len(self.terms)
 
     def degree_t(self) -> int:
-        return max((i for i, _ in self.terms), default=-1)
+        return max((i for i, _, _ in self.terms), default=-1)
 
     # ------------------------------------------------------------------ printing
     def pretty(self, m_name: str = "M", coeff: Callable[[Fraction], str] | None = None, t_name: str = "S") -> str:
@@ -98,8 +99,8 @@ class Poly:
             return "0"
         name = coeff or _plain
         parts = []
-        for (i, j), c in sorted(self.terms.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            mono = "·".join(_factor(i, j, m_name, t_name))
+        for (i, j, k), c in sorted(self.terms.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+            mono = "·".join(_factor(i, j, k, m_name, t_name))
             sign = "−" if c < 0 else "+"
             mag = name(abs(c))
             body = mono if mag == "1" and mono else (f"{mag}·{mono}" if mono else mag)
@@ -121,8 +122,10 @@ def _plain(c: Fraction) -> str:
     return f"{float(c):.6g}"
 
 
-def _factor(i: int, j: int, m_name: str, t_name: str) -> Iterable[str]:
-    # write M^j S^i, but the middle-S form is the readable one for Newton terms: M S M = S M²
+def _factor(i: int, j: int, k: int, m_name: str, t_name: str) -> Iterable[str]:
+    """M^j·S^i (all commute: M S M = M²·S), with α(X)^k in front."""
+    if k:
+        yield "α(X)" + (str(k).translate(_SUP) if k > 1 else "")
     if j:
         yield m_name + (str(j).translate(_SUP) if j > 1 else "")
     if i:
@@ -131,5 +134,6 @@ def _factor(i: int, j: int, m_name: str, t_name: str) -> Iterable[str]:
 
 ZERO = Poly()
 ONE = Poly.const(1)
-T = Poly({(1, 0): Fraction(1)})
-M = Poly({(0, 1): Fraction(1)})
+T = Poly({(1, 0, 0): Fraction(1)})
+M = Poly({(0, 1, 0): Fraction(1)})
+A = Poly({(0, 0, 1): Fraction(1)})

@@ -20,6 +20,9 @@ first (layer, slot, token) that differs is reported.  What this proves: for the 
 the floating-point weights *as stored* compute Newton's iterate exactly — the construction has
 no approximation, and round-off in float64 comes only from the arithmetic.
 The paper's printed weights (``printed_paper=True``) fail at layer 1, slot u.
+Hyperpower models are compared with the exact residual-power iterate instead, with the
+order-3 layers' stored fl(⅓) read as ⅓ (:func:`intended_thirds`; ``weights="stored"`` takes it
+as stored, which is then visibly, and negligibly, off).
 
 Representation: a matrix is a numpy object array of Python ints with one positive denominator
 per column (columns of the residual stream are slots, so x, u, c each keep their own, much
@@ -52,7 +55,8 @@ import torch
 
 from .results import CheckResult, safe_repr
 
-__all__ = ["ExactResult", "exact_check", "exact_forward", "random_rational_prompt", "newton_exact"]
+__all__ = ["ExactResult", "exact_check", "exact_forward", "random_rational_prompt", "newton_exact",
+           "residual_power_exact", "intended_thirds"]
 
 
 # =============================================================================== inputs
@@ -182,7 +186,7 @@ def _vstack(A: _ColRat, B: _ColRat) -> _ColRat:
 class _SparseW:
     """A weight matrix (in, out) as exact nonzero entries per output column."""
 
-    def __init__(self, W: torch.Tensor):
+    def __init__(self, W: torch.Tensor, snap=None):
         if W.dim() == 1:
             W = W[None]
         W = W.detach().cpu().to(torch.float64)  # float32 -> float64 is exact
@@ -190,6 +194,8 @@ class _SparseW:
         self.cols: list[list[tuple[int, int, int]]] = [[] for _ in range(self.shape[1])]
         for i, j in torch.nonzero(W).tolist():
             f = Fraction(W[i, j].item())
+            if snap is not None:
+                f = snap(f)
             self.cols[j].append((i, f.numerator, f.denominator))
 
     def __bool__(self) -> bool:
@@ -239,12 +245,12 @@ def _check_exact_supported(cfg) -> None:
 
 
 class _ExactBlock:
-    def __init__(self, block, cfg):
+    def __init__(self, block, cfg, snap=None):
         self.heads = []
         if block.attn is not None:
             a = block.attn
             for h in range(cfg.n_heads):
-                Wq, Wk, Wv, Wo = (_SparseW(t[h]) for t in (a.W_Q, a.W_K, a.W_V, a.W_O))
+                Wq, Wk, Wv, Wo = (_SparseW(t[h], snap) for t in (a.W_Q, a.W_K, a.W_V, a.W_O))
                 bq = bk = bv = None
                 if cfg.bias:
                     bq, bk, bv = (_row_bias(t[h]) for t in (a.b_Q, a.b_K, a.b_V))
@@ -256,7 +262,7 @@ class _ExactBlock:
         self.mlp = None
         if block.mlp is not None:
             m = block.mlp
-            self.mlp = (_SparseW(m.W_in), _SparseW(m.W_out),
+            self.mlp = (_SparseW(m.W_in, snap), _SparseW(m.W_out, snap),
                         _row_bias(m.b_in) if cfg.bias else None, _row_bias(m.b_out) if cfg.bias else None)
 
 
@@ -319,13 +325,15 @@ def _mlp(r: _ColRat, blk: _ExactBlock) -> _ColRat:
     return out
 
 
-def exact_forward(transformer, tokens: list[list[Fraction]]) -> tuple[list[Fraction], list[_ColRat]]:
+def exact_forward(transformer, tokens: list[list[Fraction]], snap: dict | None = None) -> tuple[list[Fraction], list[_ColRat]]:
     """Run a :class:`~construct.transformer.Transformer` in exact rational arithmetic.
 
     ``tokens``: rows of ``cfg.d_in`` numbers (no batch).  Mirrors ``Transformer.forward``
     (read-in, positions, prefix, layers by schedule, read-out) with full or causal masking and
     no key mask.  Returns the read-out at every position (P + N rows of ``d_out`` Fractions as a
     list of lists) and the residual streams after the read-in and after every layer.
+    ``snap``: {block index: f(Fraction) -> Fraction} reading those blocks' stored weights as
+    intended rationals (the hyperpower form's ⅓, :func:`intended_thirds`); None: as stored.
     """
     cfg = transformer.cfg
     _check_exact_supported(cfg)
@@ -345,7 +353,8 @@ def exact_forward(transformer, tokens: list[list[Fraction]]) -> tuple[list[Fract
         r = _vstack(_ColRat.from_fractions([[_frac(v) for v in p] for p in pre], cfg.d_model), r)
     T = r.num.shape[0]
     allowed = np.tril(np.ones((T, T), dtype=bool)) if cfg.causal else None
-    blocks = {b: _ExactBlock(transformer.blocks[b], cfg) for b in set(cfg.layer_schedule)}
+    snap = snap or {}
+    blocks = {b: _ExactBlock(transformer.blocks[b], cfg, snap.get(b)) for b in set(cfg.layer_schedule)}
     streams = [r]
     for b in cfg.layer_schedule:
         blk = blocks[b]
@@ -506,7 +515,7 @@ def pl_alpha_exact(model, X, lam: Fraction) -> tuple[Fraction, Fraction]:
     return tau, alpha
 
 
-def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None) -> ExactResult:
+def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, weights: str = "intended") -> ExactResult:
     """Run ``model``'s weights exactly on a rational prompt and compare with exact Newton.
 
     ``model``: a :class:`~construct.model.NewtonTransformer`.  ``X`` (n, d), ``y`` (n,),
@@ -518,11 +527,25 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None) -> 
     Adaptive models (``alpha="adaptive"``): the checked slots also include v = S x on example
     tokens, the register's one, tau = τ_p and alpha = f(τ_p) (exact), the merged form's parked
     c = S x_q on the query, u = 0 before the α-scale layer and (default form) u = 0 on the query.
+
+    Hyperpower models (``form="hyperpower"``): compared with M⁽ᴾ⁾ = αS Σ_{i<P} (I − αS²)^i computed
+    exactly (the residual powers of :attr:`~construct.NewtonTransformer.residual_power_after_layer`),
+    slot by slot: u = ν M z and c (σ S x / ν after layer 0, then S M z) on train/prefix tokens and
+    0 on the query; uq = ν M x_q, cq (0 after layer 0, then S M x_q) on the query and 0 elsewhere.
+    ``weights="intended"`` (default) reads the order-3 layers' stored fl(±⅓) as the rational ±⅓
+    (:func:`intended_thirds`; every other weight as stored); ``"stored"`` takes every weight as
+    stored, which differs from the exact iteration by the rounding of ⅓ (relative 2⁻⁵⁴ per layer,
+    bounded in :mod:`construct.blocks.hyperpower`).  Other forms have no such weight: both
+    settings are the same there.
     """
     from construct.model import NewtonTransformer
 
     if not isinstance(model, NewtonTransformer):
         raise TypeError(f"exact_check needs a NewtonTransformer, got {type(model).__name__}")
+    if weights not in ("intended", "stored"):
+        raise ValueError(f"weights must be 'intended' or 'stored', got {weights!r}")
+    if model.spec.form == "hyperpower":
+        return _hyper_exact_check(model, X, y, x_query, residuals=residuals, alpha=alpha, weights=weights)
     t0 = time.perf_counter()
     spec, lay = model.spec, model.layout
     X = _fractions(X, 2, "X")
@@ -667,3 +690,120 @@ def _bad_col(r: _ColRat, sl: slice, E: _Q, t: int) -> int | None:
             return a
     return None
 
+
+
+# =============================================================================== hyperpower form
+def intended_thirds(model) -> dict:
+    """{block index: snap} for the hyperpower form's order-3 blocks: fl(±⅓) read as the rational ±⅓.
+
+    Only blocks named ``order3`` are touched (their other weights are ±1, ±2, ±3: α never
+    appears there, so an α that happens to equal fl(⅓) is never re-read).  See
+    :mod:`construct.blocks.hyperpower` for why the ⅓ cannot be made dyadic and how its rounding
+    is bounded.
+    """
+    from construct.blocks.hyperpower import THIRD
+
+    third = Fraction(THIRD)
+    table = {third: Fraction(1, 3), -third: Fraction(-1, 3)}
+
+    def snap(f: Fraction) -> Fraction:
+        return table.get(f, f)
+
+    return {b: snap for b, bs in enumerate(model.block_specs) if bs.name == "order3"}
+
+
+def residual_power_exact(S: "_Q", alpha: Fraction, power: int) -> "_Q":
+    """M with I − MS = (I − αS²)^P, exactly: M = αS Σ_{i<P} R^i, R = I − αS² (doubling, as in
+    :func:`verify.residual_power_matrix`), independent of the network's recurrences."""
+    d = S.num.shape[0]
+    eye = _Q(np.eye(d, dtype=int).astype(object), 1)
+    R = eye.sub((S @ S).scale(alpha)).reduced()
+    G, Rm = _Q(np.zeros((d, d), dtype=object), 1), eye
+    for bit in bin(power)[2:]:
+        G, Rm = _add_q(G, Rm @ G).reduced(), (Rm @ Rm).reduced()
+        if bit == "1":
+            G, Rm = _add_q(eye, R @ G).reduced(), (R @ Rm).reduced()
+    return (S.scale(alpha) @ G).reduced()
+
+
+def _add_q(A: "_Q", B: "_Q") -> "_Q":
+    return A.sub(B.scale(Fraction(-1)))
+
+
+def _hyper_exact_check(model, X, y, x_query, *, residuals: bool, alpha, weights: str) -> ExactResult:
+    """:func:`exact_check` for the hyperpower form (see its docstring)."""
+    t0 = time.perf_counter()
+    spec, lay = model.spec, model.layout
+    X = _fractions(X, 2, "X")
+    y = _fractions(y, 1, "y")
+    xq = _fractions(x_query, 1, "x_query")
+    n, d = len(X), spec.d
+    if n < 1 or any(len(r) != d for r in X) or len(y) != n or len(xq) != d:
+        raise ValueError(f"need X (n, {d}), y (n,), x_query ({d},) with n >= 1; got X with rows "
+                         f"{sorted({len(r) for r in X})}, len(y)={len(y)}, len(x_query)={len(xq)}")
+    root = _prefix_sqrt_lambda(model)
+    lam = root * root
+    P = spec.n_prefix
+    N = n + 1 + P
+    nu = Fraction(N) if spec.normalize else Fraction(1)
+    alpha = _frac(spec.alpha if alpha is None else alpha)
+    alpha_eff = alpha / (nu * nu)
+    zero = Fraction(0)
+    tokens = [list(X[i]) + [zero] * d + [y[i]] for i in range(n)] + [[zero] * d + list(xq) + [zero]]
+    out, streams = exact_forward(model.transformer, tokens, intended_thirds(model) if weights == "intended" else None)
+    pred = out[-1][0]
+
+    _, _, S = newton_exact(X, y, xq, alpha_eff, 0, lam)  # S = XᵀX + λI, exactly
+    Ms = {p: residual_power_exact(S, alpha_eff, p) for p in set(model.residual_power_after_layer) | {spec.residual_power}}
+    b = _Q.from_fractions([[sum((X[i][a] * y[i] for i in range(n)), Fraction(0))] for a in range(d)])
+    newton = (_Q.from_fractions([xq]) @ (Ms[spec.residual_power] @ b)).entry(0, 0)
+    failure, message = None, ""
+    if residuals:
+        xs = [[root if a == m else zero for a in range(d)] for m in range(P)] + [list(r) for r in X] + [[zero] * d]
+        qs = [[zero] * d for _ in range(P + n)] + [list(xq)]
+        ys = [[zero] for _ in range(P)] + [[v] for v in y] + [[zero]]
+        Zt = _Q.from_fractions(xs)  # z on train/prefix tokens, 0 on the query
+        Zq = _Q.from_fractions(qs)  # x_q on the query, 0 elsewhere
+        fixed = {"x": Zt, "xq": Zq, "y": _Q.from_fractions(ys)}
+        sigma = _c_seed_scale(spec.alpha)
+        zeros_d = _Q(np.zeros((N, d), dtype=object), 1)
+        allt = list(range(N))
+        query = N - 1
+        powers = model.residual_power_after_layer
+        for layer in range(-1, len(powers)):
+            r = streams[layer + 1]
+            want = {s: fixed[s] for s in fixed}
+            if layer == -1:
+                want.update(u=zeros_d, c=zeros_d, uq=zeros_d, cq=zeros_d)
+            else:
+                M = Ms[powers[layer]]
+                want["u"] = (Zt @ M.T).scale(nu)
+                want["uq"] = (Zq @ M.T).scale(nu)
+                if layer == 0:
+                    want["c"] = (Zt @ S.T).scale(sigma / nu)
+                    want["cq"] = zeros_d
+                else:
+                    want["c"] = Zt @ (S @ M).T
+                    want["cq"] = Zq @ (S @ M).T
+            outv = [[zero] for _ in range(N)]
+            if layer == len(powers) - 1:
+                outv[query] = [newton]
+            want["out"] = _Q.from_fractions(outv)
+            for slot in lay.names:
+                sl = lay[slot]
+                bad = _first_mismatch(r, sl, want[slot], allt)
+                if bad is not None:
+                    failure = (layer, slot, bad)
+                    where = "read-in" if layer == -1 else f"layer {layer} ({model.layer_names[layer]})"
+                    message = (f"first exact mismatch: {where}, slot {slot!r}, token {bad} "
+                               f"({'prefix' if bad < P else 'query' if bad == query else 'train'}): "
+                               f"network {safe_repr(r.entry(bad, sl.start + _bad_col(r, sl, want[slot], bad)))}")
+                    break
+            if failure is not None:
+                break
+    equal = pred == newton and failure is None
+    if not equal and failure is None:
+        message = f"prediction differs from the exact residual-power-{spec.residual_power} iterate by {float(pred - newton):.3e}"
+    bits = pred.numerator.bit_length() + pred.denominator.bit_length()
+    return ExactResult(equal, pred, newton, failure, message or "exactly equal", alpha_eff, lam,
+                       time.perf_counter() - t0, bits)

@@ -44,6 +44,8 @@ jobs (load 4–6, so times vary by up to 2×; per case, including the reference)
 
 from __future__ import annotations
 
+import math
+
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -94,9 +96,10 @@ class PairStructureError(ValueError):
     """The weights lack the signed-pair form that the case lemma needs (e.g. the paper's V₂ = V₁)."""
 
 
-def _sparse(W: torch.Tensor) -> dict[tuple[int, int], Fraction]:
+def _sparse(W: torch.Tensor, snap=None) -> dict[tuple[int, int], Fraction]:
     W = W.detach().cpu().to(torch.float64)
-    return {(i, j): Fraction(W[i, j].item()) for i, j in torch.nonzero(W).tolist()}
+    out = {(i, j): Fraction(W[i, j].item()) for i, j in torch.nonzero(W).tolist()}
+    return out if snap is None else {key: snap(v) for key, v in out.items()}
 
 
 def _spmm(A: dict, B: dict) -> dict:
@@ -122,8 +125,11 @@ class _Bilinear:
     label: str
 
 
-def collapse_relu_pairs(transformer) -> tuple[dict[int, list[_Bilinear]], dict[int, dict], list[str]]:
+def collapse_relu_pairs(transformer, snap: dict | None = None) -> tuple[dict[int, list[_Bilinear]], dict[int, dict], list[str]]:
     """Check the signed-pair structure exactly and collapse it (see module docstring).
+
+    ``snap``: {block index: f(Fraction) -> Fraction} reading those blocks' weights as intended
+    rationals (the hyperpower form's ⅓, :func:`verify.rational.intended_thirds`).
 
     Returns ``(heads, mlps, notes)``: per block index, its bilinear heads (QK, OV circuits as
     exact sparse matrices) and its MLP as one linear map L (r ← r + r L), plus a description of
@@ -138,17 +144,19 @@ def collapse_relu_pairs(transformer) -> tuple[dict[int, list[_Bilinear]], dict[i
     notes: list[str] = []
     heads_by_block: dict[int, list[_Bilinear]] = {}
     mlp_by_block: dict[int, dict] = {}
+    snap = snap or {}
     for b in sorted(set(cfg.layer_schedule)):
         blk = transformer.blocks[b]
         bname = f"block {b}"
+        sn = snap.get(b)
         heads: list[_Bilinear] = []
         if blk.attn is not None:
             a = blk.attn
             circ = []
             for h in range(cfg.n_heads):
-                QK = _spmm(_sparse(a.W_Q[h]), {(j, i): v for (i, j), v in _sparse(a.W_K[h]).items()})
+                QK = _spmm(_sparse(a.W_Q[h], sn), {(j, i): v for (i, j), v in _sparse(a.W_K[h], sn).items()})
                 QK = {key: v * Fraction(a.scale) for key, v in QK.items()}
-                OV = _spmm(_sparse(a.W_V[h]), _sparse(a.W_O[h]))
+                OV = _spmm(_sparse(a.W_V[h], sn), _sparse(a.W_O[h], sn))
                 if QK and OV:
                     circ.append((h, QK, OV))
             if cfg.attn == "linear":
@@ -242,6 +250,18 @@ def _newton_poly_coeffs(alpha: Fraction, k: int) -> list[Fraction]:
             new.pop()
         p = new
     return p
+
+
+def _power_poly_coeffs(alpha: Fraction, P: int) -> list[Fraction]:
+    """Coefficients of p(t) = α t Σ_{i<P} (1 − α t²)^i, so that 1 − t·p(t) = (1 − α t²)^P.
+
+    By the hockey-stick identity Σ_{i=m}^{P−1} C(i, m) = C(P, m + 1):
+    p(t) = Σ_{m<P} (−1)^m C(P, m + 1) α^(m+1) t^(2m+1).  P = 2^k gives Newton's p_k.
+    """
+    c = [Fraction(0)] * (2 * P)
+    for m in range(P):
+        c[2 * m + 1] = (-1) ** m * math.comb(P, m + 1) * alpha ** (m + 1)
+    return c
 
 
 def _newton_poly_coeffs_symbolic(a, k: int, zero) -> list:
@@ -378,13 +398,20 @@ def symbolic_check(model, n: int, *, reference: str = "horner", attention: str =
     t0 = time.perf_counter()
     spec, tr = model.spec, model.transformer
     cfg, d, k = tr.cfg, spec.d, spec.k
-    expected_degree = 2 ** (k + 2) + 1
+    hyper = spec.form == "hyperpower"
+    expected_degree = 4 * spec.residual_power + 1  # 2^(k+2) + 1 for Newton-k
     ada = getattr(spec, "adaptive", False)
     pl_block = None
     try:
         if ada:
             tr, pl_block, pl_note = _split_alpha_mlp(model)
-        heads, mlps, notes = collapse_relu_pairs(tr)
+        if hyper:
+            from .rational import intended_thirds
+
+            heads, mlps, notes = collapse_relu_pairs(tr, intended_thirds(model))
+            notes.append("order-3 blocks: stored fl(±1/3) read as the rational ±1/3 (construct.blocks.hyperpower)")
+        else:
+            heads, mlps, notes = collapse_relu_pairs(tr)
     except PairStructureError as e:
         return SymbolicResult(False, -1, time.perf_counter() - t0, 0, expected_degree, (), str(e))
     if ada:
@@ -552,8 +579,9 @@ def symbolic_check(model, n: int, *, reference: str = "horner", attention: str =
         for c in reversed(coeffs[1:-1]):
             acc = [p + bv * c for p, bv in zip(matvec(S, acc), bvec)]
         w = matvec(S, acc)
-    elif reference == "horner":
-        coeffs = _newton_poly_coeffs(alpha_eff, k)  # p_k(t) = sum_i c_i t^i, c_0 = 0
+    elif reference == "horner" or hyper:
+        # Newton: p_k(t); hyperpower: α t Σ_{i<P} (1 − α t²)^i (module doc)
+        coeffs = _power_poly_coeffs(alpha_eff, spec.residual_power) if hyper else _newton_poly_coeffs(alpha_eff, k)
         acc = [bv.scale(coeffs[-1]) for bv in bvec]
         for c in reversed(coeffs[1:-1]):
             acc = [p + bv.scale(c) for p, bv in zip(matvec(S, acc), bvec)]

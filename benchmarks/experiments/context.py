@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from construct.checkpoint import dumps_strict
 
 from benchmarks import metrics as M
 from benchmarks.data import sample_prompts
@@ -175,7 +176,7 @@ class Context:
         bad: list[str] = []
         data = plain(obj, path.name, bad)
         self.nonfinite += [f"{path.relative_to(self.out)}:{b}" for b in bad]
-        path.write_text(json.dumps(data, indent=1) + "\n")
+        path.write_text(dumps_strict(data, indent=1) + "\n")
         self._record(path)
         return path
 

@@ -2,7 +2,7 @@
 
 Questions: (1) is the hand-built network exactly Newton-k (SimE 1 to round-off, best-matching
 step k, distinguishable from k ± 1)?  (2) At the trained model's depth, how do constructed
-networks (k + 2 form and merged form, one fixed safe α) compare with the trained transformer in
+networks (k + 2 and merged forms with one fixed safe α, the adaptive-α forms, and the hyperpower form) compare with the trained transformer in
 error and best matches?  (3) Does the LSTM behave like online GD rather than like OLS/Newton?
 Metric: SimE against Newton with the networks' own α and with the released code's per-prefix α,
 against GD, online GD and OLS; errors at the last position and averaged over t ≥ d.
@@ -12,6 +12,7 @@ and its LSTM comparison (Table 1: LSTM closest to online GD, transformer closest
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -84,6 +85,18 @@ def exp_constructed(ctx: Context) -> dict:
     if L - 1 >= 2:
         cands.append((f"constructed merged k={L - 1} ({L} layers)",
                       build_newton_transformer(d, L - 1, alpha, form="merged").predict_all(X, y)))
+    # adaptive α (in-network, per prompt; construct.adaptive): k + 4 layers, merged k + 3
+    if L - 4 >= 0:
+        cands.append((f"constructed adaptive α k={L - 4} ({L} layers)",
+                      build_newton_transformer(d, L - 4, "adaptive").predict_all(X, y)))
+    if L - 3 >= 2:
+        cands.append((f"constructed adaptive α merged k={L - 3} ({L} layers)",
+                      build_newton_transformer(d, L - 3, "adaptive", form="merged").predict_all(X, y)))
+    # hyperpower (fixed α): j = L − 3 order-3 layers, residual power 4·3^j ≥ 2^k for k = ⌊log₂ 4·3^j⌋
+    if L - 3 >= 0:
+        kh = int(math.floor(math.log2(4 * 3 ** (L - 3))))
+        cands.append((f"constructed hyperpower j={L - 3} (≥ Newton-{kh}, {L} layers)",
+                      build_newton_transformer(d, kh, alpha, form="hyperpower").predict_all(X, y)))
     cands.append(("OLS", s.ols))
     for name, P in cands:
         bn, vn = _best_row(P, s, "newton")
@@ -98,18 +111,22 @@ def exp_constructed(ctx: Context) -> dict:
                      f"{r['best_newton_fixed_alpha']} ({r['sime_newton_fixed_alpha']:.3f})", f"{bg} ({vg:.3f})"])
     # error vs depth: trained probes per layer vs constructed networks of that depth
     code_k = [k for k in ks if k < len(s.newton_steps)]
+    Pa = torch.stack([build_newton_transformer(d, k, "adaptive").predict_all(X, y) for k in ks])  # (K+1, B, n)
     ev_depth = {"layer": list(range(L + 1)), "trained_probe_nmse_last": M.nmse(s.tf_layers, y, d),
                 "constructed_depth": [k + 2 for k in ks], "constructed_nmse_last": M.nmse(Pc, y, d),
+                "adaptive_depth": [k + 4 for k in ks], "adaptive_nmse_last": M.nmse(Pa, y, d),
                 "newton_code_alpha_depth": [k + 2 for k in code_k],
                 "newton_code_alpha_nmse_last": M.nmse(s.newton[code_k], y, d)}
     ctx.write_json(out / "constructed_vs_trained.json", {
         "alpha": alpha, "trained_layers": L, "models": depth, "error_vs_depth": ev_depth,
-        "note": "constructed networks use one fixed alpha (above); 'newton_code' columns compare against Newton "
+        "note": "constructed networks use one fixed alpha (above), except the adaptive ones (alpha computed in the "
+                "network per prefix); 'newton_code' columns compare against Newton "
                 "with the per-prefix alpha 1/||SS^T||_F, 'fixed_alpha' columns against Newton with the constructed alpha",
     })
     fig, ax = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     ax[0].semilogy(ev_depth["layer"], ev_depth["trained_probe_nmse_last"], "o-", label="trained (probe at layer)")
     ax[0].semilogy(ev_depth["constructed_depth"], ev_depth["constructed_nmse_last"], "s-", label="constructed, k+2 layers (fixed α)")
+    ax[0].semilogy(ev_depth["adaptive_depth"], ev_depth["adaptive_nmse_last"], "D-", label="constructed, k+4 layers (adaptive α)")
     ax[0].semilogy(ev_depth["newton_code_alpha_depth"], ev_depth["newton_code_alpha_nmse_last"], "^:",
                    label="Newton k = depth−2, per-prompt α (not in fixed weights)")
     ax[0].set(xlabel="depth (layers)", ylabel="error, last position", title="error vs depth")
@@ -173,11 +190,19 @@ def exp_constructed(ctx: Context) -> dict:
                     [[k, f"{float(1 - diag[k]):.1e}", int(best[k]), float(gap[k]), float(relerr[k])] for k in ks])
     dtab = md_table(["model", "error, last", "error, avg", "SimE vs OLS", "best Newton, code α (SimE)",
                      "best Newton, fixed α (SimE)", "best GD (SimE)"], rows)
+    built = {k: v for k, v in depth.items() if k.startswith("constructed")}
+    best_name = min(built, key=lambda k: built[k]["nmse_last"]) if built else None
+    trained = depth["trained read-out"]["nmse_last"]
+    gap_md = ("" if best_name is None else
+              f"Best hand-built network at depth {L}: {best_name}, error {fmt(built[best_name]['nmse_last'])} against "
+              f"{fmt(trained)} for the trained model ({built[best_name]['nmse_last'] / trained:.3g}× worse).\n\n")
     md = (f"Hand-built networks (fixed α = {alpha:.3g}, safe for every test prompt) against Iterative Newton "
           f"with the same α, on the same {X.shape[0]} prompts:\n\n{ctab}\n\n![constructed vs newton](e_constructed/constructed_vs_newton.png)\n\n"
-          f"Same depth as the trained model (L = {L}):\n\n{dtab}\n\n![constructed vs trained](e_constructed/constructed_vs_trained.png)\n\n"
+          f"Same depth as the trained model (L = {L}):\n\n{dtab}\n\n{gap_md}![constructed vs trained](e_constructed/constructed_vs_trained.png)\n\n"
           + (f"LSTM baseline ({ctx.lstm_source}):\n\n{lstm_md}" if lstm_md else "No LSTM checkpoint: skipped."))
     summary = {"alpha": alpha, "constructed_best_newton_step": best, "constructed_one_minus_sime": 1 - diag,
-               "same_depth": depth, "lstm": lstm_sum}
+               "same_depth": depth, "best_constructed_at_depth": best_name,
+               "best_constructed_over_trained": None if best_name is None else built[best_name]["nmse_last"] / trained,
+               "lstm": lstm_sum}
     return {"summary": summary, "markdown": md}
 

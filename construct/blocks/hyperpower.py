@@ -103,9 +103,11 @@ with u = a·Mz and c = b·SMz (a, b constants) the tripling forces gain 3 on u, 
 term, which any head can only produce from one c and two u's (coefficient a²b), then needs the
 weight 1/(3ab).  With dyadic weights and a dyadic α every slot value is a polynomial in the data
 with dyadic coefficients, so a and b are dyadic and 1/(3ab) is not (storing c = SMz/3, say,
-would need a non-dyadic weight in the c-init layer instead).  A scratch slot that lets ⅓ be
-written as 1 − ⅔·... would need more than the 6d + 2 width.  We therefore chose the second
-option: :func:`verify.exact_check` and :func:`verify.symbolic_check` run the order-3 layers with
+would need a non-dyadic weight in the c-init layer instead).  Scratch slots into which attention
+writes MSMSMz, for the MLP to add back untripled, would avoid the ⅓, but the MLP is the same on
+every token, so train tokens and the query need separate ones: more than the 6d + 2 width.
+So the exact checks use the intended rational instead:
+:func:`verify.exact_check` and :func:`verify.symbolic_check` run the order-3 layers with
 the *intended* rational ±⅓ in place of the stored float (every other weight exactly as stored),
 and the rounding of ⅓ is bounded separately: the stored step is
 M̃' = M' − ε MSMSM with ε = 1 − 3·fl(⅓) = 2⁻⁵⁴, so I − M̃'S = R³ + ε(I − R)³ with R = I − MS:
