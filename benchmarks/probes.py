@@ -126,20 +126,16 @@ def fit_probes(H: torch.Tensor, y: torch.Tensor, ridge: float = DEFAULT_RIDGE, p
 def _newton_prefix_streams(model, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Query-token stream of every prefix prompt of a NewtonTransformer: (L+1, B, n, D).
 
-    Prompt (b, t) holds all n train tokens with tokens ≥ t hidden by the key mask and x_t as the
-    query, exactly as ``NewtonTransformer.predict_all`` runs it.
+    Prompt (b, t) holds examples 0..t−1 and x_t as the query, run grouped by length exactly as
+    ``NewtonTransformer.predict_all`` runs it (:meth:`~construct.model.NewtonTransformer.prefix_prompts`).
     """
     X, y, _ = model._check(X, y, None)
-    B, n, d = X.shape
-    Xt = X[:, None].expand(B, n, n, d).reshape(B * n, n, d)
-    yt = y[:, None].expand(B, n, n).reshape(B * n, n)
-    xq = X.reshape(B * n, d)
-    t = torch.arange(n, device=X.device)
-    visible = t[None, :] < t[:, None]  # (n, n)
-    key_mask = torch.cat([visible, torch.ones(n, 1, dtype=torch.bool, device=X.device)], 1)
-    key_mask = key_mask[None].expand(B, n, n + 1).reshape(B * n, n + 1)
-    R = model.transformer.residual_streams(model.encode(Xt, yt, xq), key_mask)  # (L+1, B·n, P+n+1, D)
-    return R[:, :, -1].reshape(R.shape[0], B, n, R.shape[-1])
+    B = X.shape[0]
+    parts = []
+    for lo, hi, tokens, key_mask in model.prefix_prompts(X, y):
+        R = model.transformer.residual_streams(tokens, key_mask)  # (L+1, B·G, P+T+1, D)
+        parts.append(R[:, :, -1].reshape(R.shape[0], B, hi - lo, R.shape[-1]))
+    return torch.cat(parts, dim=2)
 
 
 @torch.no_grad()

@@ -8,8 +8,10 @@ whose ``.transformer`` is a :class:`GPT2Transformer`: softmax attention over all
 (bidirectional), pre-LayerNorm with ordinary per-coordinate γ and β, a GELU MLP and biases —
 the block of the trained GPT-2-style regressors.  The compiler reads the weights, not the form:
 it pairs each layer's heads and MLP units and checks that they are bilinear / linear, so any
-new form built from such layers compiles with no change here (and a layer that is not, such as
-the printed-paper erratum, raises :class:`NotCompilableError`).
+new form built from such layers compiles with no change here: the hyperpower form and
+``build_gd_transformer``'s GD program do (tested).  A layer that is not bilinear raises
+:class:`NotCompilableError`: the printed-paper erratum (V₂ = V₁), and adaptive α, whose MLP is a
+genuine piecewise-linear function of tr(S^p).
 
 Derivation
 ==========

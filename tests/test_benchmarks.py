@@ -421,3 +421,20 @@ def test_save_fig_writes_the_same_bytes_as_savefig(tmp_path):
         paths.append(writer(fig, tmp_path / name))
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert ctx.files["x"] == ["new.png", "old.png"]
+
+
+def test_quick_run_accuracy_against_layers(quick_run):
+    """h: every constructed form at every layer count it has, the trained models, same prompts."""
+    out, _, _ = quick_run
+    res = json.loads((out / "h_layers" / "layers.json").read_text())["results"]
+    assert set(res) == {"cpu", "d10"}
+    for name, r in res.items():
+        layers = {form: [row["layers"] for row in rows] for form, rows in r["curves"].items()}
+        assert layers["default"][0] == 2 and layers["merged"][0] == 3 and layers["hyperpower"][0] == 3
+        assert layers["gd"][0] == 1
+        hp = {row["layers"]: row for row in r["curves"]["hyperpower"]}
+        assert all(hp[L]["residual_power"] == 4 * 3 ** (L - 3) for L in hp)
+        assert r["trained"]["layers"] == 6 and 0 < r["trained"]["nmse_last"] < 1
+    data = (out / "h_layers" / "layers.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    assert (out / "h_layers" / "layers.csv").read_text().startswith("model,d,n,form,layers,program,nmse_last")

@@ -138,3 +138,16 @@ def test_predict_all_grouped_on_adaptive_and_gpt2_compiled_models():
     one = comp.predict_all(X, y, check_alpha="ignore", groups=1)  # one run, every prefix at full length
     assert _rel(comp.predict_all(X, y, check_alpha="ignore", groups=3), one) < 1e-10
     assert _rel(one, ex.predict_all(X, y)) < 1e-5
+
+
+def test_probe_streams_of_newton_prefixes_use_the_grouped_prompts():
+    from benchmarks.probes import residual_streams
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(3, 8, 2, generator=g, dtype=torch.float64)
+    y = X.sum(-1)
+    m = build_newton_transformer(2, 3, float(safe_alpha(X).min()), lam=0.2)
+    H = residual_streams(m, X, y)  # (L+1, B, n, D) at each prefix prompt's query token
+    assert H.shape == (m.n_layers + 1, 3, 8, m.layout.width)
+    out = H[-1][..., m.layout["out"]][..., 0]
+    assert _rel(out, reference_predict_all(m, X, y)) < RTOL

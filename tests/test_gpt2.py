@@ -175,3 +175,28 @@ def test_save_load_roundtrip(tmp_path):
     assert h.transformer.knobs == g.transformer.knobs
     assert torch.equal(h.predict(X, y, xq), g.predict(X, y, xq))
     assert "GPT-2 blocks" in h.describe()
+
+
+@pytest.mark.parametrize("name", ["hyperpower", "gd"])
+def test_new_programs_compile_with_no_special_case(name):
+    """The compiler reads weights, not forms: the hyperpower form and the GD program compile as they are."""
+    from construct import build_gd_transformer
+
+    m = build_newton_transformer(D, 4, 0.02, form="hyperpower") if name == "hyperpower" else build_gd_transformer(d=D, steps=5, lr=0.1)
+    X, y, xq = prompts(seed=2)
+    R = gpt2_scale(m, X, y, xq)
+    g = to_gpt2(m, 1e-6, scale=R)
+    assert type(g) is type(m)
+    sN = math.sqrt(N + 1 + m.transformer.cfg.n_prefix) if g.transformer.knobs.sqrt_n else 1.0
+    exact = m.predict(X, y, xq)
+    assert (g.predict(X, y, xq) - exact).abs().max() * sN <= 1e-6 * R
+    g = to_gpt2(m, scale=R, c=1e3, eps=1e-4)
+    err = (g.predict(X, y, xq) - exact).abs()
+    eb = error_bound(m, g, X, y, xq)["bound"]
+    assert (err <= eb + 1e-12).all() and eb.max() <= 100 * err.max()
+
+
+def test_adaptive_alpha_mlp_is_not_linear_so_it_refuses():
+    m = build_newton_transformer(D, 3, alpha="adaptive")
+    with pytest.raises(NotCompilableError, match="MLP hidden unit"):
+        to_gpt2(m, scale=10.0)

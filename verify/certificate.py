@@ -627,7 +627,8 @@ class _Reader:
             raise _NotCertifiable(
                 f"{desc}: entry {k} is {v[k]:.17g}, off its exact value {self.snap.name(kappa)} = {fk:.17g} by "
                 f"{dev[k] / abs(fk):.2g} relative, more than its rounding ({t[k] / abs(fk):.2g})", layer, head, slot)
-        self.max_err = max(self.max_err, float(np.max(dev / abs(fk))))
+        # the deviation of each distinct stored value from the exact one, in exact arithmetic
+        self.max_err = max(self.max_err, max(float(abs(Fraction(float(x)) - kappa) / abs(kappa)) for x in vals))
         return kappa
 
     def check_pairs(self, raw: list[tuple], rows: _Groups, cols: _Groups, where: str, layer: int | None,
