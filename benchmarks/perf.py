@@ -39,8 +39,7 @@ command.
    against the eigh floor, Newton steps 1–23 (``method="auto"``) at B = 64 and 320 against the
    tight loop, and ``verify_model`` against one forward pass; each an interleaved same-run ratio.
 5. **Measured cost exponents**: log-log slopes of each cost along B, n, d and k.
-
-4. **Network forward, predict_all and training step** (issue 13.3-13.4): the current forward and
+6. **Network forward, predict_all and training step** (issue 13.3-13.4): the current forward and
    ``predict_all`` of a hand-built network against the previous implementation
    (:mod:`construct.reference_forward`), and a ``GargRegressor`` training step against Hugging
    Face ``GPT2Model`` eager at the paper and ``cpu`` shapes (:mod:`benchmarks.perf_network`;

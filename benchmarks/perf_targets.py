@@ -179,7 +179,7 @@ def scaling(quick: bool = False, seed: int = 0) -> dict:
         X, y = data(B, n, d)
         sp = prefix_spectrum(X, y)
         grid = sorted({int(v) for v in np.linspace(1, 1300, 4 * k)})
-        return lambda: gd_predictions(X, y, grid, 0.01, method="spectral", spectrum=sp)
+        return lambda: gd_predictions(X, y, grid, "auto", method="spectral", spectrum=sp)  # a fixed η diverges at large n
 
     def forward_and_verify(which):
         def run(B, n, d, k):

@@ -39,9 +39,12 @@ In the default form the query's u is never read (the read-out uses x_q and the t
 u), so it stays 0 there; the merged form carries u = M_j x_q on the query as usual.
 
 **Default form: k + 4 layers (p = 2, 3) or k + 3 (p = 1); merged form: k + 3 (p = 2, 3) or
-k + 2 (p = 1).**  Residual width **D = 4d + 5** (default) or **5d + 5** (merged): the fixed
+k + 2 (p = 1); hyperpower form: j + 5 (p = 2, 3) or j + 4 (p = 1)** (its init layer is replaced
+by gram/trace/scale and its c-init by a seedless one, :mod:`construct.blocks.hyperpower`).
+Residual width **D = 4d + 5** (default), **5d + 5** (merged) or **7d + 5** (hyperpower): the fixed
 model's slots plus v (d) and one, tau, alpha (3 scalars).  Heads per layer: d bilinear heads
-(2d with ReLU) in the trace and scale layers (d + 1 or d + 2 in the p = 1 gram layer), head width d.
+(2d with ReLU) in the trace and scale layers (d + 1 or d + 2 in the p = 1 gram layer; the
+hyperpower scale layer has 2d: u and the query's uq), head width d.
 MLP hidden width max(K, 2d) (4d merged), K = 220 (float64) or 97 (float32) PL pieces, used by
 the trace+alpha layer only.  ``normalize=True`` is refused (α already adapts to the prompt's
 scale and length).
@@ -85,7 +88,7 @@ from .blocks import (
 )
 from .blocks.gd import gd_block
 from .blocks.hyperpower import (
-    hyper_c_init_block, hyper_init_block, hyper_readout_block, hyperpower_depth, order3_block,
+    adaptive_hyper_c_init_block, hyper_c_init_block, hyper_init_block, hyper_readout_block, hyperpower_depth, order3_block,
 )
 from .blocks.base import dense_head, dense_mlp
 from .layout import ResidualLayout
@@ -139,9 +142,6 @@ class NewtonSpec:
             raise ValueError(f"attn must be one of {ATTNS} for the Newton construction, got {self.attn!r}")
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
-        if self.form == "hyperpower" and self.adaptive:
-            raise ValueError("alpha='adaptive' is not built for the hyperpower form yet; give a fixed alpha "
-                             "(e.g. construct.safe_alpha(X)) or use form='default' or 'merged'")
         if self.form in ("merged", "hyperpower") and self.k < 2:
             raise ValueError(f"the {self.form} form needs k >= 2 (got k={self.k}); use form='default'")
         if self.printed_paper and self.attn != "relu":
@@ -179,7 +179,7 @@ class NewtonSpec:
     def n_layers(self) -> int:
         """k + 2 (default), k + 1 (merged), j + 3 (hyperpower); adaptive α adds ``alpha_layers``."""
         if self.form == "hyperpower":
-            return self.n_order3 + 3
+            return self.n_order3 + 3 + self.alpha_layers
         return self.k + (1 if self.form == "merged" else 2) + self.alpha_layers
 
     @property
@@ -314,14 +314,33 @@ def _hyper_layout(spec: NewtonSpec) -> ResidualLayout:
         ("out", 1, "the prediction, at the query token"),
     ]
     fixed = {"x": "x_i", "xq": "x_q", "y": "y_i"}
-    stages = [("read-in", dict(fixed, u="0", c="0", uq="0", cq="0", out="0"))]
-    stages.append(("L0 init", dict(fixed, u="M⁽¹⁾ z = αS z", c="σ S z (train)", uq="M⁽¹⁾ x_q", cq="0", out="0")))
-    stages.append(("L1 newton+c-init", dict(fixed, u="M⁽²⁾ z", c="S M⁽²⁾ z", uq="M⁽²⁾ x_q", cq="S M⁽²⁾ x_q", out="0")))
+    stages = []
+    off = spec.alpha_layers  # adaptive: layers before the α-scale layer (which replaces init)
+    if spec.adaptive:
+        p = spec.alpha_trace
+        sizes[-2:-2] = [("v", d, "S x_i on example tokens (adaptive α); 0 on the query and the register")]
+        sizes += [("one", 1, "1 on the register token (adaptive α), 0 elsewhere"),
+                  ("tau", 1, f"tr(S^{p}) on the register, 0 elsewhere"),
+                  ("alpha", 1, f"α = f(tr(S^{p})) on the register, 0 elsewhere")]
+        ta = {"tau": f"tr(S^{p}) (register)", "alpha": "α = f(tau) (register)"}
+        fixed = dict(fixed, one="1 (register)")
+        stages.append(("read-in", dict(fixed, u="0", c="0", uq="0", cq="0", out="0", v="0", tau="0", alpha="0")))
+        stages.append(("L0 gram" + ("+alpha" if p == 1 else ""), dict(
+            fixed, u="0", c="0", uq="0", cq="S x_q (query), 0 elsewhere", out="0", v="S x_i (examples)",
+            **(ta if p == 1 else {"tau": "0", "alpha": "0"}))))
+        if p != 1:
+            stages.append(("L1 trace+alpha", dict(stages[-1][1], **ta)))
+        fixed = dict(fixed, v="S x_i (examples)", **ta)
+        stages.append((f"L{off} scale", dict(fixed, u="M⁽¹⁾ z = αS z", c="0", uq="M⁽¹⁾ x_q = αS x_q", cq="0", out="0")))
+    else:
+        stages.append(("read-in", dict(fixed, u="0", c="0", uq="0", cq="0", out="0")))
+        stages.append(("L0 init", dict(fixed, u="M⁽¹⁾ z = αS z", c="σ S z (train)", uq="M⁽¹⁾ x_q", cq="0", out="0")))
+    stages.append((f"L{off + 1} newton+c-init", dict(fixed, u="M⁽²⁾ z", c="S M⁽²⁾ z", uq="M⁽²⁾ x_q", cq="S M⁽²⁾ x_q", out="0")))
     for i in range(1, j + 1):
         p = f"M⁽{2 * 3 ** i}⁾"
-        stages.append((f"L{i + 1} order3", dict(fixed, u=f"{p} z", c=f"S {p} z", uq=f"{p} x_q", cq=f"S {p} x_q", out="0")))
+        stages.append((f"L{i + 1 + off} order3", dict(fixed, u=f"{p} z", c=f"S {p} z", uq=f"{p} x_q", cq=f"S {p} x_q", out="0")))
     p = f"M⁽{2 * 3 ** j}⁾"
-    stages.append((f"L{j + 2} readout", dict(fixed, u=f"{p} z", c=f"S {p} z", uq=f"{p} x_q", cq=f"S {p} x_q",
+    stages.append((f"L{j + 2 + off} readout", dict(fixed, u=f"{p} z", c=f"S {p} z", uq=f"{p} x_q", cq=f"S {p} x_q",
                                               out=f"x_qᵀ M⁽{4 * 3 ** j}⁾ Xᵀy (query)")))
     return ResidualLayout.from_sizes(sizes, stages)
 
@@ -333,12 +352,16 @@ def make_blocks(spec: NewtonSpec, layout: ResidualLayout) -> tuple[list[BlockSpe
     if spec.form == "hyperpower":
         if spec.printed_paper:
             raise ValueError("printed_paper is only built for the default form")
-        blocks = [hyper_init_block(layout, d, spec.alpha, a), hyper_c_init_block(layout, d, spec.alpha, a)]
-        schedule = [0, 1]
+        if spec.adaptive:
+            blocks = _adaptive_prefix_blocks(spec, layout, park="cq", park_out="uq")
+            blocks.append(adaptive_hyper_c_init_block(layout, d, a))
+        else:
+            blocks = [hyper_init_block(layout, d, spec.alpha, a), hyper_c_init_block(layout, d, spec.alpha, a)]
+        schedule = list(range(len(blocks)))
         step = order3_block(layout, d, a)
         if spec.looped and spec.n_order3:
+            schedule += [len(blocks)] * spec.n_order3
             blocks.append(step)
-            schedule += [2] * spec.n_order3
         else:
             for _ in range(spec.n_order3):
                 schedule.append(len(blocks))
@@ -347,15 +370,8 @@ def make_blocks(spec: NewtonSpec, layout: ResidualLayout) -> tuple[list[BlockSpe
         blocks.append(hyper_readout_block(layout, d, a))
         return blocks, schedule
     if spec.adaptive:
-        pl = spec.pl
         park = "c" if spec.form == "merged" else None  # where the query's S x_q waits (merged only)
-        if spec.alpha_trace == 1:
-            blocks = [trace_alpha_block(layout, d, 1, a, pl.kinks, pl.weights, extra_heads=gram_heads(d, park),
-                                        name="gram+alpha")]
-        else:
-            blocks = [gram_block(layout, d, a, park),
-                      trace_alpha_block(layout, d, spec.alpha_trace, a, pl.kinks, pl.weights)]
-        blocks.append(scale_block(layout, d, a, park))
+        blocks = _adaptive_prefix_blocks(spec, layout, park)
     else:
         blocks = [init_block(layout, d, spec.alpha, a, seed_c=spec.form == "merged")]
     pre = len(blocks)  # layers before the first Newton layer
@@ -389,6 +405,24 @@ def make_blocks(spec: NewtonSpec, layout: ResidualLayout) -> tuple[list[BlockSpe
         schedule.append(len(blocks))
         blocks.append(merged_readout_block(layout, d, a))
     return blocks, schedule
+
+
+def _adaptive_prefix_blocks(spec: NewtonSpec, layout: ResidualLayout, park: str | None,
+                            park_out: str = "u") -> list[BlockSpec]:
+    """gram (+ trace/α when p = 1), trace+α (p = 2, 3), scale: the layers that produce u = αSz.
+
+    ``park``: the slot where the query's S x_q waits (merged: c, hyperpower: cq, default: none);
+    ``park_out``: where the scale layer writes α S x_q (u, or uq for the hyperpower form).
+    """
+    d, a, pl = spec.d, spec.attn, spec.pl
+    if spec.alpha_trace == 1:
+        blocks = [trace_alpha_block(layout, d, 1, a, pl.kinks, pl.weights, extra_heads=gram_heads(d, park),
+                                    name="gram+alpha")]
+    else:
+        blocks = [gram_block(layout, d, a, park),
+                  trace_alpha_block(layout, d, spec.alpha_trace, a, pl.kinks, pl.weights)]
+    blocks.append(scale_block(layout, d, a, park, park_out))
+    return blocks
 
 
 # ------------------------------------------------------------------------------ pass 3: assemble

@@ -265,7 +265,7 @@ class NewtonTransformer(HandBuiltModel):
         form += f"+{s.alpha_layers} adaptive" if s.adaptive else ""
         wf = {"default": "3d+2", "merged": "4d+2", "hyperpower": "6d+2"}[s.form]
         if s.adaptive:
-            wf = {"default": "4d+5", "merged": "5d+5"}[s.form]
+            wf = {"default": "4d+5", "merged": "5d+5", "hyperpower": "7d+5"}[s.form]
         P = self.residual_power
         lines = [
             f"NewtonTransformer: d={s.d}, k={s.k}, alpha={a}, attn={s.attn}, "

@@ -16,8 +16,8 @@ from construct import AlphaDivergenceError, build_newton_transformer, load_model
 from construct.adaptive import (
     ALPHA_C, AlphaRangeError, default_range, pl_alpha, pl_function, trace_power,
 )
-from verify.rational import newton_exact
-from verify.reference import newton_predict
+from verify.rational import _Q, newton_exact, residual_power_exact
+from verify.reference import newton_predict, residual_power_predict
 from verify.strategies import prompts
 
 F64 = torch.float64
@@ -185,7 +185,8 @@ def _never_diverges_case(d, X, y, xq, k, form, attn, p, lam):
     except AlphaDivergenceError as e:  # pragma: no cover - the failure we test against
         pytest.fail(f"adaptive model raised AlphaDivergenceError: {e}")
     assert torch.isfinite(pred).all()
-    ref = newton_predict(X, y, xq, k, a, lam=lam)
+    P = m.residual_power  # 2^k, or 4·3^j ≥ 2^k (hyperpower)
+    ref = residual_power_predict(X, y, xq, P, a, lam=lam)
     for b in range(X.shape[0]):
         STATS["prompts"] += 1
         err = abs(float(pred[b] - ref[b]))
@@ -194,8 +195,8 @@ def _never_diverges_case(d, X, y, xq, k, form, attn, p, lam):
             continue
         # Is Newton-k itself well defined in float64 here?  Compare the float64 recurrence with
         # the exact rational one (same α, same float inputs taken exactly).
-        exact = float(newton_exact(X[b].tolist(), y[b].tolist(), xq[b].tolist(), Fraction(float(a[b])), k,
-                                   Fraction(lam))[0])
+        exact = float(_power_exact(X[b].tolist(), y[b].tolist(), xq[b].tolist(), Fraction(float(a[b])), P,
+                                   Fraction(lam)))
         if abs(float(ref[b]) - exact) > 1e-12 * abs(exact):
             STATS["newton_ill_defined_in_float64"] += 1
             continue
@@ -203,12 +204,22 @@ def _never_diverges_case(d, X, y, xq, k, form, attn, p, lam):
                     f"rel {err / abs(float(ref[b])):.2e}; d={d} n={X.shape[1]} k={k} {form} {attn} p={p} lam={lam}")
 
 
+def _power_exact(X, y, xq, alpha, P, lam):
+    """x_qᵀ M Xᵀy with I − MS = (I − αS²)^P in exact rationals (P = 2^k: exact Newton-k)."""
+    if P & (P - 1) == 0:
+        return newton_exact(X, y, xq, alpha, P.bit_length() - 1, lam)[0]
+    _, _, S = newton_exact(X, y, xq, alpha, 0, lam)
+    M = residual_power_exact(S, alpha, P)
+    b = _Q.from_fractions([[sum((Fraction(r[i]) * Fraction(v) for r, v in zip(X, y)), Fraction(0))] for i in range(len(xq))])
+    return (_Q.from_fractions([[Fraction(v) for v in xq]]) @ (M @ b)).entry(0, 0)
+
+
 @st.composite
 def _cases(draw):
     d = draw(st.integers(1, 6))
     X, y, xq = draw(prompts(d=d, max_n=4 * d, max_log_scale=4.0, max_kappa=1e4))
     k = draw(st.integers(2, 7))
-    form = draw(st.sampled_from(["default", "merged"]))
+    form = draw(st.sampled_from(["default", "merged", "hyperpower"]))
     attn = draw(st.sampled_from(["relu", "linear"]))
     p = draw(st.sampled_from([3, 3, 2, 1]))
     lam = 0.0
@@ -239,7 +250,7 @@ def _report_stats():
 
 
 # ----------------------------------------------------------------------------- verifiers
-@pytest.mark.parametrize("form", ["default", "merged"])
+@pytest.mark.parametrize("form", ["default", "merged", "hyperpower"])
 def test_verify_model_checks_every_slot_including_alpha(form):
     from verify import Report, verify_model
 
@@ -324,3 +335,93 @@ def test_adaptive_cost_error_formula_matches_newton_and_p3_is_cheapest():
     res = run(dims=(6,), kappas=(1.0,), prompts=200, k_eval=(4,))
     extra = {r["p"]: r["extra_vs_safe"][4] for r in res["rows"]}
     assert 0 <= extra[3] <= extra[2] <= extra[1] and extra[1] >= 1
+
+
+# ----------------------------------------------------------------------------- hyperpower form
+@pytest.mark.parametrize("p,layers", [(3, 2 + 5), (2, 2 + 5), (1, 2 + 4)])
+def test_hyperpower_layer_and_width_formulas(p, layers):
+    m = build_newton_transformer(4, 5, "adaptive", form="hyperpower", alpha_trace=p)  # 4·3² = 36 ≥ 2⁵: j = 2
+    assert m.spec.n_order3 == 2 and m.residual_power == 36
+    assert m.n_layers == layers == m.spec.n_layers == m.spec.n_order3 + 3 + m.spec.alpha_layers
+    assert m.layout.width == 7 * 4 + 5 == m.spec.width
+    names = m.layer_names
+    assert names[m.spec.alpha_layers] == "scale" and names[m.spec.alpha_layers + 1] == "newton+c-init"
+    assert names.count("order3") == 2 and names[-1] == "hyper-readout"
+    scale = m.block_specs[m.schedule[m.spec.alpha_layers]]
+    assert len(scale.heads) == 2 * 2 * 4  # 2d bilinear heads (u and the query's uq), as ReLU pairs
+    assert m.spec.n_prefix == 1 and m.transformer.prefix[0, m.layout["one"]] == 1
+    assert "7d+5" in m.describe() and "register" in m.describe()
+
+
+def _hyper_grid():
+    for d in (1, 2, 5):
+        for k, j in ((3, 1), (5, 2)):
+            for attn in ("relu", "linear"):
+                for lam in (0.0, 0.3):
+                    yield d, k, j, attn, lam
+
+
+@pytest.mark.parametrize("d,k,j,attn,lam", list(_hyper_grid()))
+def test_hyperpower_equals_residual_power_with_alpha_of(d, k, j, attn, lam):
+    p = (1, 2, 3)[(d + k + (attn == "linear")) % 3]  # every trace power appears across the grid
+    m = build_newton_transformer(d, k, "adaptive", form="hyperpower", attn=attn, lam=lam, alpha_trace=p)
+    assert m.spec.n_order3 == j and m.residual_power == 4 * 3 ** j
+    for i, n in enumerate(sorted({1, d, 2 * d, 4 * d})):
+        scale = 10.0 ** (2 * i - 3)  # 1e-3 … 1e3: α must follow the prompt's scale
+        X, y, xq = _prompts(3, n, d, seed=10 * d + n + k, scale=scale)
+        lam_s = lam * scale * scale
+        if lam:  # the model's λ is fixed; rescale the prompt's data instead to keep ridge relevant
+            X, xq = X / scale, xq / scale
+            lam_s = lam
+        a = m.alpha_of(X)
+        ref = residual_power_predict(X, y, xq, m.residual_power, a, lam=lam_s)
+        assert _rel(m.predict(X, y, xq), ref) <= 1e-10, (n, scale)
+        # never diverges: α·λ_max(S + λI)² ≤ 1.5 < 2
+        S = X.transpose(1, 2) @ X + lam_s * torch.eye(d, dtype=F64)
+        lm = torch.linalg.eigvalsh(S)[:, -1]
+        assert float((a * lm * lm).max()) <= ALPHA_C * (1 + 1e-12)
+
+
+def test_hyperpower_predict_all_looped_and_checkpoint(tmp_path):
+    X, y, xq = _prompts(2, 7, 3, seed=4, scale=30.0)
+    m = build_newton_transformer(3, 5, "adaptive", form="hyperpower", lam=0.2)
+    assert _rel(m.looped().predict(X, y, xq), m.predict(X, y, xq)) <= 1e-13
+    m.save(tmp_path / "m")
+    m2 = load_model(tmp_path / "m")
+    assert m2.spec == m.spec and torch.equal(m2.predict(X, y, xq), m.predict(X, y, xq))
+    P = m.predict_all(X, y)  # prefix t uses the α of its own prefix
+    for t in (1, 3, 6):
+        a = m.alpha_of(X[:, :t])
+        assert _rel(P[:, t], residual_power_predict(X[:, :t], y[:, :t], X[:, t], 36, a, lam=0.2)) <= 1e-12
+
+
+@pytest.mark.parametrize("where", ["scale-query", "c-init-query", "c-init-train", "alpha-mlp"])
+def test_hyperpower_tampered_weight_is_wrong(where):
+    """Each weight the adaptive hyperpower form adds matters: changing one breaks the identity."""
+    X, y, xq = _prompts(3, 5, 2, seed=2, scale=3.0)
+    m = build_newton_transformer(2, 4, "adaptive", form="hyperpower")
+    ref = residual_power_predict(X, y, xq, m.residual_power, m.alpha_of(X))
+    assert _rel(m.predict(X, y, xq), ref) <= 1e-12
+    L = m.spec.alpha_layers
+    with torch.no_grad():
+        if where == "scale-query":  # a head writing uq = α S x_q (the scale layer's query heads)
+            _scale_head(m, L, lambda hd: "uq" in hd.o)
+        elif where == "c-init-query":  # (uq, v, u) → cq: the query's α² S⁴ x_q term
+            _scale_head(m, L + 1, lambda hd: "v" in hd.k and "cq" in hd.o)
+        elif where == "c-init-train":  # (u, v, u) → c on the train tokens
+            _scale_head(m, L + 1, lambda hd: "v" in hd.k and "c" in hd.o)
+        else:  # the α MLP: a unit active on these prompts
+            tau = float(trace_power(X, 3).max())
+            j = int(np.searchsorted(np.asarray(m.spec.pl.kinks), tau)) + 1
+            m.transformer.blocks[L - 1].mlp.W_out[j, m.layout["alpha"]] *= 1.01
+    assert _rel(m.predict(X, y, xq), ref) > 1e-6
+
+
+def _scale_head(m, layer, pick):
+    """Multiply the output weights of the heads of ``layer`` matching ``pick`` by 1.01 (both halves
+    of a ReLU pair, so the change acts whatever the score's sign)."""
+    bs = m.block_specs[m.schedule[layer]]
+    hs = [i for i, hd in enumerate(bs.heads) if pick(hd)]
+    assert hs
+    for h in hs:
+        m.transformer.blocks[layer].attn.W_O[h] *= 1.01

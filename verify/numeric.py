@@ -557,11 +557,25 @@ def _describe_hyper(spec, powers: list[int]) -> list[dict[str, str]]:
     Sx = "S/N" if spec.normalize else "S"
     pre = ", √λe_m (prefix)" if spec.lam > 0 else ""
     base = {"x": f"x_i{pre}, 0 (query)", "xq": "x_q (query), 0 elsewhere", "y": "y_i, 0 elsewhere"}
-    out = [dict(base, u="0", c="0", uq="0", cq="0", out="0")]
+    ada, scale, tp = spec.adaptive, spec.alpha_layers, spec.alpha_trace
+    first = dict(base, u="0", c="0", uq="0", cq="0", out="0")
+    if ada:
+        base["one"] = "1 (register), 0 elsewhere"
+        first = dict(first, one=base["one"], v="0", tau="0", alpha="0")
+    out = [first]
     for i, p in enumerate(powers):
         m = dict(base, u=f"M⁽{p}⁾ z (train/prefix), 0 (query)", uq=f"M⁽{p}⁾ x_q (query), 0 elsewhere")
         m["c"] = (f"σ {Sx} z (train/prefix), 0 (query)" if i == 0 else f"{Sx} M⁽{p}⁾ z (train/prefix), 0 (query)")
         m["cq"] = "0" if i == 0 else f"{Sx} M⁽{p}⁾ x_q (query), 0 elsewhere"
+        if ada:
+            m["v"] = "S x (example tokens), 0 elsewhere"
+            has = i >= scale - 1
+            m["tau"] = f"tr(S^{tp}) (register)" if has else "0"
+            m["alpha"] = "α = f(tau) (register; = model.alpha_of)" if has else "0"
+            if i < scale:
+                m.update(u="0", uq="0", c="0", cq="S x_q (query), 0 elsewhere")
+            elif i == scale:
+                m.update(c="0", cq="0")
         m["out"] = f"x_qᵀ M⁽{spec.residual_power}⁾ Xᵀy (query), 0 elsewhere" if i == len(powers) - 1 else "0"
         out.append(m)
     return out
@@ -578,9 +592,13 @@ def _reference_hyper(model: NewtonTransformer, X, y, x_query, unit: float) -> _R
     X, y, x_query = (t.to(F64) for t in (X, y, x_query))
     B, n, d = X.shape
     P = spec.n_prefix
+    R = spec.n_ridge  # ridge prefix tokens; an adaptive model's register token follows them
     T = N = P + n + 1
     lam = spec.lam
-    prefix = math.sqrt(lam) * torch.eye(d, dtype=F64).expand(B, P, d) if P else X.new_zeros(B, 0, d)
+    ada = spec.adaptive
+    prefix = math.sqrt(lam) * torch.eye(d, dtype=F64).expand(B, R, d) if R else X.new_zeros(B, 0, d)
+    if ada:
+        prefix = torch.cat([prefix, X.new_zeros(B, 1, d)], 1)  # the register: z = 0
     Zt = torch.cat([prefix, X, X.new_zeros(B, 1, d)], 1)  # (B, T, d): z on train/prefix, 0 on the query
     Zq = torch.zeros(B, T, d, dtype=F64)
     Zq[:, -1] = x_query  # (B, T, d): x_q on the query only
@@ -589,8 +607,10 @@ def _reference_hyper(model: NewtonTransformer, X, y, x_query, unit: float) -> _R
     S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)  # (B, d, d)
     Sn = S / N if spec.normalize else S
     powers = model.residual_power_after_layer
-    Ms = {p: ref.residual_power_matrix(Sn, p, spec.alpha) for p in set(powers)}  # on Sn, (B, d, d)
-    alpha_eff = spec.alpha / N ** 2 if spec.normalize else spec.alpha
+    # α: the fixed weight, or (adaptive) the independent float64 mirror of the in-network α (B,)
+    a = model.alpha_of(X) if ada else spec.alpha
+    Ms = {p: ref.residual_power_matrix(Sn, p, a) for p in set(powers)}  # on Sn, (B, d, d)
+    alpha_eff = a if ada else (spec.alpha / N ** 2 if spec.normalize else spec.alpha)
     Ptot = spec.residual_power
     pred = ref.residual_power_predict(X, y, x_query, Ptot, alpha_eff, lam=lam)  # (B,)
 
@@ -606,7 +626,26 @@ def _reference_hyper(model: NewtonTransformer, X, y, x_query, unit: float) -> _R
                     uq=torch.zeros(B, T, d, dtype=F64), cq=torch.zeros(B, T, d, dtype=F64),
                     out=torch.zeros(B, T, 1, dtype=F64))]
     bounds = [dict(x=zero, xq=zero, y=zero, u=zero, c=zero, uq=zero, cq=zero, out=zero)]
-    sigma = c_scale(spec.alpha)
+    zd, z1 = torch.zeros(B, T, d, dtype=F64), torch.zeros(B, T, 1, dtype=F64)
+    scale_layer = spec.alpha_layers if ada else 0  # adaptive: the α-scale layer (u = M⁽¹⁾z) replaces init
+    if ada:
+        # adaptive slots (construct.blocks.gram / trace_alpha / scale, as in _reference): v = S x on
+        # example tokens, the register holds one = 1, tau = tr(S^p) and α; S x_q parked in cq
+        one = z1.clone()
+        one[:, R, 0] = 1.0
+        fixed["one"] = one
+        v = Zt @ S.transpose(1, 2)  # S x on ridge/train tokens; 0 on the register and the query
+        parked = zd.clone()
+        parked[:, -1] = (S @ x_query[..., None])[..., 0]
+        tau_s, alpha_s = z1.clone(), z1.clone()
+        tau_s[:, R, 0] = trace_power(X, spec.alpha_trace, lam)
+        alpha_s[:, R, 0] = a
+        streams[0].update(one=one, v=zd, tau=z1, alpha=z1)
+        bounds[0].update(one=zero, v=zero, tau=zero, alpha=zero)
+        v_bd = base * norm_S * zmax
+        tau_bd = base * spec.alpha_trace * tau_s[:, R, 0]
+        alpha_bd = base * (2 + spec.alpha_trace) * a
+    sigma = None if ada else c_scale(spec.alpha)
     L = len(powers)
     pred_bound = zero
     for i, p in enumerate(powers):
@@ -614,7 +653,19 @@ def _reference_hyper(model: NewtonTransformer, X, y, x_query, unit: float) -> _R
         ub = base * 2.0 * p * G[i] * zmax
         st = dict(fixed, u=Zt @ M.transpose(1, 2), uq=Zq @ M.transpose(1, 2))
         bd = dict(x=zero, xq=zero, y=zero, u=ub, uq=ub)
-        if i == 0:
+        if ada:
+            st["v"], bd["v"], bd["one"] = v, v_bd, zero
+            has = i >= scale_layer - 1  # the trace+alpha layer (gram+alpha when p = 1) writes τ and α
+            st["tau"], st["alpha"] = (tau_s, alpha_s) if has else (z1, z1)
+            bd["tau"], bd["alpha"] = (tau_bd, alpha_bd) if has else (zero, zero)
+        if ada and i <= scale_layer:
+            st["c"], bd["c"] = zd, zero
+            if i < scale_layer:  # before the scale layer: no M yet, S x_q waits in cq
+                st.update(u=zd, uq=zd, cq=parked)
+                bd.update(u=zero, uq=zero, cq=v_bd)
+            else:
+                st["cq"], bd["cq"] = zd, zero
+        elif i == 0:
             st["c"] = sigma * (Zt @ Sn.transpose(1, 2))
             st["cq"] = torch.zeros(B, T, d, dtype=F64)
             bd["c"], bd["cq"] = base * sigma * norm_S * zmax, zero

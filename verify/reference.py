@@ -106,7 +106,6 @@ GD_METHODS = ("batched", "stepwise", "spectral", "loop")
 CG_METHODS = ("batched", "loop")
 MAX_SPECTRAL_NEWTON_STEPS = 1000  # 2^k must be a finite float64
 _BSGS_MAX_ELEMENTS = 1 << 24  # B·n·J above this: GD spectral uses the per-step closed form
-_CLOSED_FORM_CHUNK = 1 << 22  # elements of one (steps, P, d) coefficient block
 _CG_RTOL = 1e-13  # CG stops once ‖r‖ ≤ _CG_RTOL·‖b‖
 _CHUNK_BYTES = 1 << 19  # working set of one chunk of prefixes: fits the per-core L2 cache (1 MiB here)
 
@@ -317,15 +316,23 @@ def _prefix_stats(X: torch.Tensor, y: torch.Tensor, lam: float = 0.0) -> tuple[t
     B, n, d = X.shape
     S = X.new_zeros(B, n, d, d)
     b = X.new_zeros(B, n, d)
-    if n > 1:
-        c = _chunk(n * d * d)
-        for i in range(0, B, c):
-            Xc = X[i : i + c, :-1]  # (c, n-1, d)
-            torch.cumsum(Xc.unsqueeze(-1) * Xc.unsqueeze(-2), 1, out=S[i : i + c, 1:])  # exactly symmetric
-        torch.cumsum((X * y.unsqueeze(-1))[:, :-1], 1, out=b[:, 1:])  # (B, n-1, d)
+    c = _chunk(n * d * d)
+    for i in range(0, B, c):
+        _stats_into(X[i : i + c], y[i : i + c], lam, S[i : i + c], b[i : i + c])
+    return S, b
+
+
+def _stats_into(X: torch.Tensor, y: torch.Tensor, lam: float, S: torch.Tensor, b: torch.Tensor) -> None:
+    """Fill zeroed S (c, n, d, d) and b (c, n, d) with the prefix statistics of X (c, n, d), y (c, n):
+    the outer products x_{t−1}x_{t−1}ᵀ written in place at t ≥ 1, then one in-place running sum."""
+    if X.shape[1] > 1:
+        Xs = X[:, :-1]  # (c, n-1, d)
+        torch.mul(Xs.unsqueeze(-1), Xs.unsqueeze(-2), out=S[:, 1:])  # exactly symmetric
+        S.cumsum_(1)
+        torch.mul(Xs, y[:, :-1].unsqueeze(-1), out=b[:, 1:])
+        b.cumsum_(1)
     if lam:
         S.diagonal(dim1=-2, dim2=-1).add_(lam)
-    return S, b
 
 
 def prefix_stats(X, y, lam: float = 0.0):
@@ -502,7 +509,10 @@ def _newton_loop(X, y, steps: list[int], alpha, lam: float) -> dict[int, torch.T
 def _log_abs_r(x: torch.Tensor) -> torch.Tensor:
     """log|1 − x| for x ≥ 0 without cancellation (log1p for x ≤ 1); −inf at x = 1 is clamped to
     −1e300 so that 0·log|r| = 0 and p·log|r| = −huge for p ≥ 1 (no NaN)."""
-    L = torch.where(x <= 1, torch.log1p(-x.clamp(max=1.0)), torch.log((x - 1).clamp(min=0.0)))
+    L = torch.log1p(-x.clamp(max=1.0))
+    neg = x > 1
+    if bool(neg.any()):  # log(x − 1) only where it is needed (usually few or no entries)
+        L[neg] = torch.log(x[neg] - 1)
     return L.clamp(min=-1e300)
 
 
@@ -519,15 +529,16 @@ def _one_minus_pow_sum(x: torch.Tensor, g: torch.Tensor, p: torch.Tensor) -> tor
     L = _log_abs_r(x).reshape(P, d)
     neg = (x > 1).reshape(P, d)
     g = g.reshape(P, 1, d)
-    odd = torch.remainder(p, 2) == 1  # (c,)
-    fix = bool(odd.any()) and bool(neg.any())
+    odd = torch.nonzero(torch.remainder(p, 2) == 1).flatten()  # columns with odd p
+    fix = len(odd) > 0 and bool(neg.any())
     out = torch.empty(P, len(p), dtype=_F64, device=x.device)
     c = _chunk(d * len(p))
     for i in range(0, P, c):
         A = L[i : i + c, :, None] * p  # (c, d, len(p))
         torch.expm1(A, out=A)  # −(1 − |r|^p)
-        if fix:
-            A = torch.where(neg[i : i + c, :, None] & odd, -2 - A, A)
+        if fix:  # only the odd columns: −(2 − (1 − |r|^p)) where r < 0
+            Ao = A[:, :, odd]
+            A[:, :, odd] = torch.where(neg[i : i + c, :, None], -2 - Ao, Ao)
         out[i : i + c] = torch.bmm(g[i : i + c], A).squeeze(1)
     return -out.T.reshape(len(p), B, n)
 
@@ -575,9 +586,8 @@ def _spectrum(X: torch.Tensor, y: torch.Tensor, lam: float) -> PrefixSpectrum:
     c = _chunk(2 * n * d * d)  # S and Q of one prompt
     eps_d = d * torch.finfo(_F64).eps
     for i in range(0, B, c):
-        Xc, yc = X[i : i + c], y[i : i + c]
-        Sc, bc = _prefix_stats(Xc, yc, lam)  # (c, n, d, d), (c, n, d)
-        S[i : i + c] = Sc
+        Xc, yc, Sc, bc = X[i : i + c], y[i : i + c], S[i : i + c], X.new_zeros(min(c, B - i), n, d)
+        _stats_into(Xc, yc, lam, Sc, bc)  # (c, n, d, d), (c, n, d), written in place (still in cache)
         ev, Q = torch.linalg.eigh(Sc)  # (c, n, d), (c, n, d, d)
         uv = Q.transpose(-1, -2) @ torch.stack([Xc, bc], -1)  # (c, n, d, 2): Qᵀx_t, Qᵀb_t
         null = ev <= eps_d * ev[..., -1:].clamp(min=0)
@@ -638,7 +648,7 @@ def _newton_spectral(sp: PrefixSpectrum, a: torch.Tensor, steps: list[int]) -> d
     g = torch.where(x > 0, g, torch.zeros_like(g)).reshape(B * n, d)  # α = 0 (S_t = 0): M_k = 0
     x = x.reshape(B * n, d)
     pred = torch.empty(len(ks), B * n, dtype=_F64, device=lam.device)
-    c = _chunk(4 * d)
+    c = _chunk(d)  # a few (c, d) arrays: large enough that per-call overhead stays small
     for i in range(0, B * n, c):
         e, gc = x[i : i + c].clone(), g[i : i + c]  # (c, d): e_0 = x
         for k in range(ks[-1] + 1):
@@ -1014,13 +1024,11 @@ def _gd_spectral(sp: PrefixSpectrum, eta: torch.Tensor, steps: list[int], mode: 
         return res
     g = _over_x(eta.unsqueeze(-1) * sp.z, x)  # ηz/x = z/λ on x > 0
     zero_w = torch.where(x > 0, torch.zeros_like(x), eta.unsqueeze(-1) * sp.z).sum(-1)  # (B, n)
-    chunk = max(1, _CLOSED_FORM_CHUNK // max(1, B * n * d))
-    for i in range(0, len(ss), chunk):
-        p = torch.tensor(ss[i : i + chunk], dtype=_F64, device=x.device)  # (c,)
-        pred = _one_minus_pow_sum(x, g, p)  # (c, B, n)
-        if bool((zero_w != 0).any()):
-            pred = pred + p.view(-1, 1, 1) * zero_w
-        res.update(zip(ss[i : i + chunk], pred.unbind(0)))
+    p = torch.tensor(ss, dtype=_F64, device=x.device)  # (|steps|,); chunked over prefixes inside
+    pred = _one_minus_pow_sum(x, g, p)  # (|steps|, B, n)
+    if bool((zero_w != 0).any()):
+        pred = pred + p.view(-1, 1, 1) * zero_w
+    res.update(zip(ss, pred.unbind(0)))
     return res
 
 

@@ -46,6 +46,29 @@ M₀ z in u (train) and uq (query), c = σSx (train), cq = 0, and the doubling M
 (derivations in :mod:`construct.blocks.newton` and :mod:`construct.blocks.merged`; S M₀ S M₀ z =
 α S³ u.)  The query's c is 0 here, so it is never a key or value.
 
+**Adaptive α** (``alpha="adaptive"``; :mod:`construct.adaptive`).  No weight can carry a
+data-dependent α, so layer 0 is replaced by the adaptive prefix of the other forms, and layer 1
+by a seedless c-init; everything from the first order-3 layer on is unchanged.  Extra slots:
+v (d), one, tau, alpha (width **7d + 5**).  Layers::
+
+    gram        v ← S x (examples);  cq ← S x_q parked on the query   (:mod:`.gram`, p = 1: + trace/α)
+    trace+α     tau ← tr(S^p), alpha ← f(tau) on the register          (:mod:`.trace_alpha`, p = 2, 3)
+    scale       u ← α S z (examples), uq ← α S x_q (query), cq ← 0     (:mod:`.scale`, 2d heads)
+    c-init      as layer 1 above, without the seed σ S x:
+
+    (u, x, u)   → u:  −½        u  = 2(M₀z − ½ M₀SM₀z)     = M₁ z
+    (u, x, x)   → c:  +1        c  = 2(S u − ½ α² S⁴ z)    = S M₁ z       (c entered as 0)
+    (u, v, u)   → c:  −½        Σ_l u_l ⟨v_l, u_i⟩ = αS·S·S·αS z = α² S⁴ z
+    (uq, x, u)  → uq: −½        uq = M₁ x_q
+    (uq, x, x)  → cq: +1        cq = S M₁ x_q                             (cq entered as 0)
+    (uq, v, u)  → cq: −½
+
+(:func:`~construct.blocks.merged.adaptive_c_init_heads`).  The key v = S x is nonzero on example
+tokens only (0 on the query and the register), so the sums run over examples, as the order-3
+heads need; the register's u, c, uq, cq stay 0 (its x, v are 0 and it is no query of these
+heads), so it never enters them either.  The α in M₀ = αS is exactly the register's α.  So
+**j + 5 layers (p = 2, 3) or j + 4 (p = 1)** with residual power 4·3^j as in the fixed-α form.
+
 **Layers 2 … j + 1, order 3** (identical weights: no α, n or data in them).  Tokens enter with
 u = Mz, c = SMz (train/prefix) and uq = M x_q, cq = S M x_q (query).  The step needs, on every
 token, u' = 3u − 3·MSMz + MSMSMz and c' = S u' = 3c − 3·SMSMz + SMSMSMz.  The heads used
@@ -119,7 +142,7 @@ from __future__ import annotations
 
 from ..layout import ResidualLayout
 from .base import BlockSpec, Head, c_scale, doubling_mlp, eye, heads_for, scaling_mlp
-from .merged import c_init_heads
+from .merged import adaptive_c_init_heads, c_init_heads
 from .newton import newton_heads
 
 THIRD = 1.0 / 3.0  # fl(⅓); the exact checks read it as the rational ⅓ (module docstring)
@@ -166,6 +189,14 @@ def hyper_c_init_block(layout: ResidualLayout, d: int, alpha: float, attn: str) 
            + [_query_newton_head(d, -0.5)] + c_init_heads(d, alpha, q="uq", out="cq", seed=None))
     return BlockSpec("newton+c-init", heads_for(attn, bil), doubling_mlp(layout, ["u", "c", "uq", "cq"]),
                      "u ← M₁ z, c ← S M₁ z (train/prefix);  uq ← M₁ x_q, cq ← S M₁ x_q (query)")
+
+
+def adaptive_hyper_c_init_block(layout: ResidualLayout, d: int, attn: str) -> BlockSpec:
+    """Layer 1 for an adaptive α: the seedless c-init on u/c and on the query's uq/cq (module doc)."""
+    bil = (newton_heads(d) + adaptive_c_init_heads(d)
+           + [_query_newton_head(d, -0.5)] + adaptive_c_init_heads(d, q="uq", out="cq"))
+    return BlockSpec("newton+c-init", heads_for(attn, bil), doubling_mlp(layout, ["u", "c", "uq", "cq"]),
+                     "u ← M₁ z, c ← S M₁ z (train/prefix);  uq ← M₁ x_q, cq ← S M₁ x_q (query)  (α from the register)")
 
 
 def order3_heads(d: int, query: bool = False) -> list[Head]:

@@ -112,17 +112,26 @@ def merged_readout_block(layout: ResidualLayout, d: int, attn: str) -> BlockSpec
     return BlockSpec("merged-readout", heads_for(attn, [head]), None, "out ← x_qᵀ M_k Xᵀ y  (last step merged)")
 
 
+def adaptive_c_init_heads(d: int, q: str = "u", out: str = "c") -> list[Head]:
+    """The two seedless c-init heads: ``out`` += S·q, then ``out`` −= ½ Σ_l ⟨q, v_l⟩ u_l.
+
+    Train tokens use q = u, out = c; the adaptive hyperpower form's query copy uses q = uq,
+    out = cq (:func:`~construct.blocks.hyperpower.adaptive_hyper_c_init_block`).  With
+    q = αS z, the second sum is αS·S·S·αS z = α² S⁴ z (module docstring).
+    """
+    return [
+        Head(q={q: eye(d, d)}, k={"x": eye(d, d)}, v={"x": eye(d, d)}, o={out: eye(d, d).T},
+             label=f"c-init: {out} += Σ_l ⟨{q}, x_l⟩ x_l  (S {q})"),
+        Head(q={q: eye(d, d)}, k={"v": eye(d, d)}, v={"u": eye(d, d)}, o={out: eye(d, d).T * -0.5},
+             label=f"c-init: {out} −= ½ Σ_l ⟨{q}, v_l⟩ u_l  (½ α² S⁴ z; key v = S x on examples only)"),
+    ]
+
+
 def adaptive_c_init_block(layout: ResidualLayout, d: int, attn: str) -> BlockSpec:
     """Merged c-init for an adaptive α: u ← M₁ z, c ← S M₁ z from u = αSz and v = S x (module doc)."""
-    c_heads = [
-        Head(q={"u": eye(d, d)}, k={"x": eye(d, d)}, v={"x": eye(d, d)}, o={"c": eye(d, d).T},
-             label="c-init: c += Σ_l ⟨u, x_l⟩ x_l  (S u)"),
-        Head(q={"u": eye(d, d)}, k={"v": eye(d, d)}, v={"u": eye(d, d)}, o={"c": eye(d, d).T * -0.5},
-             label="c-init: c −= ½ Σ_l ⟨u, v_l⟩ u_l  (½ α² S⁴ z; key v = S x on examples only)"),
-    ]
     return BlockSpec(
         "newton+c-init",
-        heads_for(attn, newton_heads(d) + c_heads),
+        heads_for(attn, newton_heads(d) + adaptive_c_init_heads(d)),
         doubling_mlp(layout, ["u", "c"]),
         "u ← M₁ z;  c ← S M₁ z  (α from the register)",
     )
