@@ -272,7 +272,7 @@ def test_verify_model_checks_every_slot_including_alpha(form):
     assert not bad.passed and bad.first_failure.layer == 1 and bad.first_failure.slot == "alpha"
 
 
-@pytest.mark.parametrize("form", ["default", "merged"])
+@pytest.mark.parametrize("form", ["default", "merged", "hyperpower"])
 @pytest.mark.parametrize("p", [1, 3])
 def test_exact_rational_check(form, p):
     from verify import exact_check, random_rational_prompt
@@ -299,7 +299,7 @@ def pl_alpha_exact_ref(m, X):
     return sum(Fraction(w) * max(Fraction(b) - tau, Fraction(0)) for b, w in zip(fn.kinks, fn.weights))
 
 
-@pytest.mark.parametrize("form,p", [("default", 3), ("merged", 1)])
+@pytest.mark.parametrize("form,p", [("default", 3), ("merged", 1), ("hyperpower", 3)])
 def test_symbolic_check_alpha_as_a_symbol(form, p):
     from verify import symbolic_check
 
@@ -425,3 +425,16 @@ def _scale_head(m, layer, pick):
     assert hs
     for h in hs:
         m.transformer.blocks[layer].attn.W_O[h] *= 1.01
+
+
+def test_hyperpower_exact_check_catches_the_query_scale_head():
+    from verify import exact_check, random_rational_prompt
+
+    m = build_newton_transformer(2, 3, "adaptive", form="hyperpower", lam=0.25)
+    X, y, xq = random_rational_prompt(2, 3, seed=5)
+    assert exact_check(m, X, y, xq).passed
+    L = m.spec.alpha_layers
+    with torch.no_grad():
+        _scale_head(m, L, lambda hd: "uq" in hd.o)  # uq = α S x_q, written at the scale layer
+    r = exact_check(m, X, y, xq)
+    assert not r.passed and r.failing_layer == L and r.failing_slot == "uq"

@@ -526,7 +526,8 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
 
     Adaptive models (``alpha="adaptive"``): the checked slots also include v = S x on example
     tokens, the register's one, tau = τ_p and alpha = f(τ_p) (exact), the merged form's parked
-    c = S x_q on the query, u = 0 before the α-scale layer and (default form) u = 0 on the query.
+    c = S x_q on the query, u = 0 before the α-scale layer and (default form) u = 0 on the query;
+    the hyperpower form parks S x_q in cq instead and has u = uq = c = 0 before the scale layer.
 
     Hyperpower models (``form="hyperpower"``): compared with M⁽ᴾ⁾ = αS Σ_{i<P} (I − αS²)^i computed
     exactly (the residual powers of :attr:`~construct.NewtonTransformer.residual_power_after_layer`),
@@ -744,9 +745,15 @@ def _hyper_exact_check(model, X, y, x_query, *, residuals: bool, alpha, weights:
     root = _prefix_sqrt_lambda(model)
     lam = root * root
     P = spec.n_prefix
+    ada = spec.adaptive
+    R = spec.n_ridge if ada else P  # ridge prefix tokens (an adaptive model's register follows them)
     N = n + 1 + P
     nu = Fraction(N) if spec.normalize else Fraction(1)
-    alpha = _frac(spec.alpha if alpha is None else alpha)
+    if ada:  # α = the spec's PL value f(τ_p) at the exact τ_p, as in exact_check
+        tau_x, alpha_x = pl_alpha_exact(model, X, lam)
+        alpha = alpha_x if alpha is None else _frac(alpha)
+    else:
+        alpha = _frac(spec.alpha if alpha is None else alpha)
     alpha_eff = alpha / (nu * nu)
     zero = Fraction(0)
     tokens = [list(X[i]) + [zero] * d + [y[i]] for i in range(n)] + [[zero] * d + list(xq) + [zero]]
@@ -759,23 +766,44 @@ def _hyper_exact_check(model, X, y, x_query, *, residuals: bool, alpha, weights:
     newton = (_Q.from_fractions([xq]) @ (Ms[spec.residual_power] @ b)).entry(0, 0)
     failure, message = None, ""
     if residuals:
-        xs = [[root if a == m else zero for a in range(d)] for m in range(P)] + [list(r) for r in X] + [[zero] * d]
+        xs = ([[root if a == m else zero for a in range(d)] for m in range(R)] + [[zero] * d for _ in range(P - R)]
+              + [list(r) for r in X] + [[zero] * d])
         qs = [[zero] * d for _ in range(P + n)] + [list(xq)]
         ys = [[zero] for _ in range(P)] + [[v] for v in y] + [[zero]]
-        Zt = _Q.from_fractions(xs)  # z on train/prefix tokens, 0 on the query
+        Zt = _Q.from_fractions(xs)  # z on train/prefix tokens, 0 on the query (and the register)
         Zq = _Q.from_fractions(qs)  # x_q on the query, 0 elsewhere
         fixed = {"x": Zt, "xq": Zq, "y": _Q.from_fractions(ys)}
-        sigma = _c_seed_scale(spec.alpha)
+        sigma = None if ada else _c_seed_scale(spec.alpha)
         zeros_d = _Q(np.zeros((N, d), dtype=object), 1)
+        zeros_1 = _Q(np.zeros((N, 1), dtype=object), 1)
         allt = list(range(N))
         query = N - 1
         powers = model.residual_power_after_layer
+        scale_layer = spec.alpha_layers if ada else 0
+        if ada:  # v = S x on examples, register one/tau/alpha, S x_q parked in cq (as in exact_check)
+            def _col(v: Fraction) -> _Q:  # v on the register, 0 elsewhere
+                return _Q.from_fractions([[v if t == R else zero] for t in range(N)])
+            fixed["one"] = _col(Fraction(1))
+            V = Zt @ S.T
+            parked = Zq @ S.T
         for layer in range(-1, len(powers)):
             r = streams[layer + 1]
             want = {s: fixed[s] for s in fixed}
             if layer == -1:
                 want.update(u=zeros_d, c=zeros_d, uq=zeros_d, cq=zeros_d)
+                if ada:
+                    want.update(v=zeros_d, tau=zeros_1, alpha=zeros_1)
+            elif ada and layer <= scale_layer:
+                has = layer >= scale_layer - 1
+                want.update(v=V, tau=_col(tau_x) if has else zeros_1, alpha=_col(alpha) if has else zeros_1)
+                if layer < scale_layer:
+                    want.update(u=zeros_d, uq=zeros_d, c=zeros_d, cq=parked)
+                else:
+                    M = Ms[powers[layer]]
+                    want.update(u=Zt @ M.T, uq=Zq @ M.T, c=zeros_d, cq=zeros_d)
             else:
+                if ada:
+                    want.update(v=V, tau=_col(tau_x), alpha=_col(alpha))
                 M = Ms[powers[layer]]
                 want["u"] = (Zt @ M.T).scale(nu)
                 want["uq"] = (Zq @ M.T).scale(nu)
