@@ -15,6 +15,10 @@ metric and the paper's figure or table:
     c  c_best_match        best-matching steps vs layer; linear (Newton) vs exponential (GD) fits
     d  d_ill_conditioned   a-c again on kappa = 100 data (random eigenbasis per prompt)
     e  e_constructed       hand-built k-step network vs trained of the same depth; LSTM vs online GD
+    m  m_models            every shipped and constructed model, both SimE / GD-budget conventions,
+                           Table-1 analogue, Newton-equivalent steps per layer, bootstrap intervals
+    o  o_lookalikes        Newton vs CG, PCG, Chebyshev, heavy ball, GD++, GD: which step count is
+                           invariant over kappa and n (positive controls included)
     f  (benchmarks.width)  width ablation;  g  (benchmarks.perf)  performance table
 
 Adding an experiment: add a module ``benchmarks/experiments/<key>_<name>.py`` that registers

@@ -1,6 +1,6 @@
 """Time ``python -m benchmarks.run --quick`` at an older commit against the working tree, in one run.
 
-    python -m benchmarks.runner_speed --old 6ca5bab --repeats 3 --only a,b,c,d,e,f,g
+    python -m benchmarks.runner_speed --old 6ca5bab --new b9669eb --repeats 3 --only a,b,c,d,e,f,g
 
 Extracts ``--old`` into a temporary folder (``git archive``), then runs the two runners alternately
 (old, new, old, new, …) so that both see the same machine load, each in a fresh process with
@@ -77,6 +77,7 @@ def _run(src: Path, out: Path, args: list[str]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.runner_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", required=True, help="git revision of the old runner")
+    ap.add_argument("--new", default=None, help="git revision of the new runner (default: this working tree)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default=None, help="experiments for both runners (default: all of the old one's)")
     args = ap.parse_args(argv)
@@ -86,16 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="runner-speed-"))
     old_src = tmp / "old"
     try:
-        old_src.mkdir()
-        archive = subprocess.run(["git", "archive", args.old], cwd=ROOT, check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old_src)], input=archive, check=True)  # no worktree registered
+        new_src = ROOT if args.new is None else tmp / "new"
+        for rev, dest in ((args.old, old_src), (args.new, new_src)):
+            if rev is None:
+                continue
+            dest.mkdir()
+            archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)  # no worktree registered
         times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
         for i in range(args.repeats):
-            for name, src in (("old", old_src), ("new", ROOT)):
+            for name, src in (("old", old_src), ("new", new_src)):
                 times[name].append(_run(src, tmp / f"{name}{i}", extra))
         med = {k: (sorted(w for w, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2]) for k, v in times.items()}
         cmp = compare(tmp / "old0", tmp / "new0")
-        res = {"old": args.old, "repeats": args.repeats, "only": args.only, "times_wall_cpu_s": times,
+        res = {"old": args.old, "new": args.new or "working tree", "repeats": args.repeats, "only": args.only, "times_wall_cpu_s": times,
                "median_wall_s": {k: v[0] for k, v in med.items()}, "median_cpu_s": {k: v[1] for k, v in med.items()},
                "speedup_wall": med["old"][0] / med["new"][0], "speedup_cpu": med["old"][1] / med["new"][1],
                "outputs": cmp, "load_average": os.getloadavg()}

@@ -45,8 +45,8 @@ Residual width **D = 4d + 5** (default), **5d + 5** (merged) or **7d + 5** (hype
 model's slots plus v (d) and one, tau, alpha (3 scalars).  Heads per layer: d bilinear heads
 (2d with ReLU) in the trace and scale layers (d + 1 or d + 2 in the p = 1 gram layer; the
 hyperpower scale layer has 2d: u and the query's uq), head width d.
-MLP hidden width max(K, 2d) (4d merged), K = 220 (float64) or 97 (float32) PL pieces, used by
-the trace+alpha layer only.  ``normalize=True`` is refused (α already adapts to the prompt's
+MLP hidden width max(K, 2d) (4d merged, 8d hyperpower), K = 220 (float64) or 97 (float32) PL
+pieces, used by the trace+alpha layer only.  ``normalize=True`` is refused (α already adapts to the prompt's
 scale and length).
 
 Tokens: one per example, [x_i in slot x, y_i in slot y], then the query [x_q in slot xq].

@@ -190,6 +190,7 @@ def _never_diverges_case(d, X, y, xq, k, form, attn, p, lam):
     ref = residual_power_predict(X, y, xq, P, a, lam=lam)
     for b in range(X.shape[0]):
         STATS["prompts"] += 1
+        STATS[f"prompts_{form}"] += 1
         err = abs(float(pred[b] - ref[b]))
         if err <= 1e-10 * abs(float(ref[b])) or (ref[b] == 0 and pred[b] == 0):
             STATS["equal"] += 1
@@ -350,6 +351,7 @@ def test_hyperpower_layer_and_width_formulas(p, layers):
     assert names.count("order3") == 2 and names[-1] == "hyper-readout"
     scale = m.block_specs[m.schedule[m.spec.alpha_layers]]
     assert len(scale.heads) == 2 * 2 * 4  # 2d bilinear heads (u and the query's uq), as ReLU pairs
+    assert m.transformer.cfg.d_mlp == max(pl_function(p).width, 8 * 4)  # c-init doubles u, c, uq, cq
     assert m.spec.n_prefix == 1 and m.transformer.prefix[0, m.layout["one"]] == 1
     assert "7d+5" in m.describe() and "register" in m.describe()
 
@@ -439,3 +441,28 @@ def test_hyperpower_exact_check_catches_the_query_scale_head():
         _scale_head(m, L, lambda hd: "uq" in hd.o)  # uq = α S x_q, written at the scale layer
     r = exact_check(m, X, y, xq)
     assert not r.passed and r.failing_layer == L and r.failing_slot == "uq"
+
+
+@pytest.mark.parametrize("kw", [{}, {"alpha_trace": 1, "attn": "linear", "lam": 0.3}], ids=["p3", "p1-linear-ridge"])
+def test_hyperpower_certify(kw):
+    """certify proves I − MS = (I − α(X)S²)^(4·3^j) for the adaptive hyperpower form, and refuses tampering."""
+    import random
+
+    from verify.certificate import certify
+
+    for k in (2, 5, 20):
+        m = build_newton_transformer(2, k, "adaptive", form="hyperpower", **kw)
+        cert = certify(m)
+        assert cert.passed, cert.message
+        assert any(f"P = {m.residual_power}," in f and "α(X)·S²" in f for f in cert.facts), cert.facts
+        assert any("α(X) = f(tr(S^" in f and "model.alpha_of" in f for f in cert.facts), cert.facts
+    rng = random.Random(5)
+    m = build_newton_transformer(2, 5, "adaptive", form="hyperpower", **kw)
+    names = [n for n, p in m.transformer.named_parameters() if torch.any(p != 0)]
+    for name in rng.sample(names, min(6, len(names))):
+        m2 = build_newton_transformer(2, 5, "adaptive", form="hyperpower", **kw)
+        p = dict(m2.transformer.named_parameters())[name]
+        idx = tuple(rng.choice(torch.nonzero(p).tolist()))
+        with torch.no_grad():
+            p[idx] *= 1 + 1e-12
+        assert not certify(m2).passed, (name, idx)

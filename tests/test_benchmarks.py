@@ -374,6 +374,8 @@ def test_lookalike_matching_censors_ambiguous_levels():
     assert np.isnan(_matched(np.array([[0.1]]), bump, steps)[0, 0])  # at the converged floor: censored
     assert verdict({"a": (0.1, 0.05, 0.2), "b": (0.9, 0.5, 1.2)}) == ("decided", ["a"])
     assert verdict({"a": (0.1, 0.05, 0.6), "b": (0.9, 0.5, 1.2)}) == ("undecided", ["a", "b"])
+    assert verdict({"a": (0.4, 0.35, 0.45), "b": (0.9, 0.5, 1.2)}) == ("closest", ["a"])  # best, not invariant
+    assert verdict({"a": (0.1, 0.05, 0.2)}, few={"c": 0.15}) == ("undecided", ["a", "c"])  # few cells, lower spread
 
 
 def test_quick_run_models_and_lookalikes(quick_run):

@@ -52,7 +52,8 @@ once: a *trace* family adds c·q_i·Σ_l ⟨b_l, v_l⟩ = c·q_i·tr(P_b P_v S),
 c·(Σ_l b_l v_l)·a_i, a sum over one token's constants.  ReLU MLP units without signed partners
 between scalar slots are an opaque piecewise-linear map; they must be zero on every token but
 one and equal the model's PL function f (``spec.pl``) within rounding, and their output is the
-symbol α(X) = f(tr(S^p)) (``polys.A``).  The Newton layers then run with M₀ = α(X)·S.
+symbol α(X) = f(tr(S^p)) (``polys.A``).  The Newton layers then run with M₀ = α(X)·S (the
+hyperpower form: its seedless c-init, then the order-3 layers, with the same M₀).
 
 **Induction over layers.**  The program (:func:`program_for`) states what every slot holds after
 every layer in terms of the program's iterate, e.g. u = M_j z and c = S M_j z, and how the
@@ -283,20 +284,25 @@ def _adaptive_program(model) -> Program:
     Layers: gram (v = S x on examples; merged: S x_q parked in c on the query), trace + α (tau =
     tr(S^p), alpha = f(tau) on the register; with p = 1 inside the gram layer), scale (u = α S z:
     M₀ = α(X)·S), then the fixed-α model's Newton layers and read-out, with α(X) a symbol.
+    Hyperpower form: S x_q parked in cq, the scale layer also writes uq = α(X) S x_q, then the
+    seedless c-init (u, c and uq, cq), the order-3 layers and the hyperpower read-out.
     """
     spec = model.spec
     form, p = spec.form, spec.alpha_trace
-    if form not in ("default", "merged"):
+    if form not in ("default", "merged", "hyperpower"):
         raise _NotCertifiable(f"no certificate program for alpha='adaptive' with form={form!r}")
     F = lambda m: 2 * m - m * T * m  # noqa: E731
+    H3 = lambda m: 3 * m - 3 * m * T * m + m * T * m * T * m  # noqa: E731  order 3: I − M'S = (I − MS)³
     merged = form == "merged"
+    hyper = form == "hyperpower"
     slots = list(model.layout.names)
     scalars = ("y", "out", "one", "tau", "alpha")
     readin = _readin(slots, scalars=scalars, register=True)
     state = _stater(readin)
     ident = lambda m: m  # noqa: E731
     reg = lambda val: (SZERO, SZERO, val)  # noqa: E731  register only
-    gram = {"v": (T, ZERO, ZERO)} | ({"c": (ZERO, T, ZERO)} if merged else {})
+    park = "c" if merged else "cq" if hyper else None  # where the query's S x_q waits
+    gram = {"v": (T, ZERO, ZERO)} | ({park: (ZERO, T, ZERO)} if park else {})
     ta = {"tau": reg(Scal(Fraction(0), ZERO, ZERO, T ** p)), "alpha": reg(Scal(Fraction(0), ZERO, A, ZERO))}
     stages = []
     if p == 1:
@@ -305,7 +311,18 @@ def _adaptive_program(model) -> Program:
         stages.append(Stage("gram", None, state(**gram)))
         stages.append(Stage("trace+alpha", None, state(**gram, **ta)))
     keep = {"v": (T, ZERO, ZERO)} | ta
-    if merged:
+    if hyper:  # u, c on example tokens only; the query's copies in uq, cq (construct.blocks.hyperpower)
+        j = spec.n_order3
+        slots_of = lambda m: dict(u=(m, ZERO, ZERO), c=(T * m, ZERO, ZERO), uq=(ZERO, m, ZERO), cq=(ZERO, T * m, ZERO))  # noqa: E731
+        carry = state(**keep, **{s: (lambda m, s=s: slots_of(m)[s]) for s in ("u", "c", "uq", "cq")})
+        stages.append(Stage("scale", lambda m: A * T, state(**keep, u=lambda m: (m, ZERO, ZERO), uq=lambda m: (ZERO, m, ZERO),
+                                                             c=(ZERO, ZERO, ZERO), cq=(ZERO, ZERO, ZERO))))
+        stages.append(Stage("newton+c-init", F, carry, order=2))
+        stages += [Stage("order3", H3, carry, order=3) for _ in range(j)]
+        stages.append(Stage("readout", None, state(**keep, **{s: (lambda m, s=s: slots_of(m)[s]) for s in ("u", "c", "uq", "cq")},
+                                                   out=lambda m: (None, Scal(Fraction(0), F(m)), SZERO)),
+                            order=2, within=F))
+    elif merged:
         carry = state(**keep, u=lambda m: (m, m, ZERO), c=lambda m: (T * m, T * m, ZERO))
         stages.append(Stage("scale", lambda m: A * T, state(**keep, u=lambda m: (m, m, ZERO), c=(ZERO, ZERO, ZERO))))
         stages.append(Stage("newton+c-init", F, carry, order=2))
@@ -319,11 +336,13 @@ def _adaptive_program(model) -> Program:
         stages += [Stage("newton", F, carry, order=2) for _ in range(spec.k)]
         stages.append(Stage("readout", None, state(**keep, u=lambda m: (m, ZERO, ZERO),
                                                    out=lambda m: (None, Scal(Fraction(0), m), SZERO))))
+    power = f"4·3^j = {4 * 3 ** spec.n_order3}" if hyper else f"2^{spec.k}"
     return Program(
-        name=f"Iterative Newton, k={spec.k}, {form} form, α(X) = f(tr(S^{p})) computed in the network",
+        name=(f"hyperpower iteration matching Newton-{spec.k}" if hyper else f"Iterative Newton, k={spec.k}")
+             + f", {form} form, α(X) = f(tr(S^{p})) computed in the network",
         scalar_slots=frozenset(scalars), readin=readin, stages=tuple(stages), symbols={},
         base_residual=ONE - A * T * T,
-        prediction=f"x_qᵀ M_{spec.k} Xᵀy with I − M_{spec.k} S = (I − α(X)S²)^(2^{spec.k}), α(X) = f(tr(S^{p})) = "
+        prediction=f"x_qᵀ M Xᵀy with I − M S = (I − α(X)S²)^P, P = {power}, α(X) = f(tr(S^{p})) = "
                    f"model.alpha_of(X)",
     )
 

@@ -191,8 +191,11 @@ def _constructed_families(ctx: Context, s, sz: MSizes) -> list[dict]:
         from verify import prefix_stats
 
         lr = float(1.0 / lambda_max(prefix_stats(X, y)[0]).max())
-        depths = list(range(1, Lmax + 1))
-        preds = [construct.build_gd_transformer(s.d, L, lr).predict_all(X, y).to(torch.float64) for L in depths]
+        depths, preds = [], []
+        for steps in range(1, Lmax + 1):
+            net = construct.build_gd_transformer(s.d, steps, lr)
+            depths.append(net.n_layers)
+            preds.append(net.predict_all(X, y).to(torch.float64))
         fams.append({"name": "constructed GD (1 step per layer)", "kind": "constructed", "layers": depths,
                      "P": torch.stack(preds), "lr": lr})
     fixed = newton_predictions(X, y, list(range(Lmax + 3)), alpha=alpha, method="spectral")
@@ -330,10 +333,15 @@ def exp_models(ctx: Context) -> dict:
 
     # ---------------------------------------------------------------- checks
     for name, res in analyses.items():
-        if res["kind"] == "constructed" and "fixed_alpha_best_step" in res and "hyperpower" not in name:
-            want = [int(round(v)) for v in res["newton_equiv_exact"]]
+        if res["kind"] == "constructed" and "fixed_alpha_best_step" in res:
+            best = list(map(int, res["fixed_alpha_best_step"]))
+            exact = res["newton_equiv_exact"]
+            # k+2 / merged: exactly Newton-k; hyperpower: residual power 4·3^j sits between two
+            # integer Newton steps, so the best integer step is within 1 of log2(4·3^j)
+            ok = all(abs(b - e) < 1 for b, e in zip(best, exact)) if "hyperpower" in name else \
+                best == [int(round(v)) for v in exact]
             ctx.check(f"m_{name.split(' (')[0].replace(' ', '_').replace(',', '')}_matches_newton_k",
-                      list(map(int, res["fixed_alpha_best_step"])) == want, best=res["fixed_alpha_best_step"], k=want)
+                      ok, best=best, newton_equivalent=exact)
     ok = all(np.all(np.asarray(r["error_last"]["lo"]) <= np.asarray(r["error_last"]["value"]) + 1e-15) and
              np.all(np.asarray(r["error_last"]["value"]) <= np.asarray(r["error_last"]["hi"]) + 1e-15) for r in analyses.values())
     ctx.check("m_intervals_contain_estimates", ok)

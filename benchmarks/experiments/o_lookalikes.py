@@ -52,6 +52,7 @@ ALGO_LABELS = {"newton": "Newton", "gd_plus_plus": "GD++", "cg": "CG", "pcg_diag
 # pseudo-models for the positive controls: (algorithm, steps)
 CONTROLS = (("newton", 6), ("gd_plus_plus", 6), ("cg", 3), ("chebyshev", 12), ("heavy_ball", 12), ("gd", 40))
 LEVEL = 0.95
+INVARIANT_SPREAD = 0.25  # "runs this algorithm": equivalent steps vary by < 2^0.25 ≈ 19% (1σ) over the grid
 FLOOR_RTOL = 1e-2  # a layer within 1% of an algorithm's converged error has no resolvable step count
 
 
@@ -162,14 +163,28 @@ def _slope(v: np.ndarray, logk: np.ndarray) -> np.ndarray:
     return out
 
 
-def verdict(spreads: dict[str, tuple[float, float, float]]) -> tuple[str, list[str]]:
-    """('decided', [A]) when A's spread interval lies below every other's, else ('undecided', the overlapping set)."""
+def verdict(spreads: dict[str, tuple[float, float, float]], few: dict[str, float] | None = None,
+            invariant: float = None) -> tuple[str, list[str]]:
+    """Which algorithm's equivalent steps are invariant: (kind, candidates).
+
+    ``spreads``: algorithm -> (spread, lo, hi) for the algorithms with enough resolvable cells;
+    ``few``: algorithm -> spread for those with too few (they cannot win, but one whose spread
+    lies below the winner's upper bound makes the verdict undecided).  Kinds: ``"decided"``
+    (one interval below every other and its upper end below ``invariant``), ``"closest"`` (below
+    every other, but not invariant: none of the algorithms describes the layer), ``"undecided"``
+    (overlapping intervals: the candidates, best first) and ``"no data"``.
+    """
+    invariant = INVARIANT_SPREAD if invariant is None else invariant
     ok = {a: v for a, v in spreads.items() if v[0] is not None and math.isfinite(v[0])}
     if not ok:
         return "no data", []
     best = min(ok, key=lambda a: ok[a][0])
-    overlap = [a for a, v in ok.items() if a != best and v[1] <= ok[best][2]]
-    return ("decided", [best]) if not overlap else ("undecided", [best] + sorted(overlap, key=lambda a: ok[a][0]))
+    hi = ok[best][2] if math.isfinite(ok[best][2]) else ok[best][0]
+    overlap = [a for a, v in ok.items() if a != best and (not math.isfinite(v[1]) or v[1] <= hi)]
+    overlap += [a for a, v in (few or {}).items() if v is not None and math.isfinite(v) and v <= hi]
+    if overlap:
+        return "undecided", [best] + overlap
+    return ("decided" if hi < invariant else "closest"), [best]
 
 
 @experiment("o", FOLDER, "Which algorithm is it? Newton vs look-alikes by step-count scaling over κ and n")
@@ -248,7 +263,8 @@ def exp_lookalikes(ctx: Context) -> dict:
         need = max(3, math.ceil(0.5 * max(st_out[a]["valid_cells"] for a in ALGOS)))
         kind, algs = verdict({a: (st_out[a]["spread"], st_out[a]["spread_lo"] if st_out[a]["spread_lo"] is not None else math.nan,
                                   st_out[a]["spread_hi"] if st_out[a]["spread_hi"] is not None else math.nan)
-                              for a in ALGOS if st_out[a]["valid_cells"] >= need})
+                              for a in ALGOS if st_out[a]["valid_cells"] >= need},
+                             few={a: st_out[a]["spread"] for a in ALGOS if st_out[a]["valid_cells"] < need})
         stats[f"{name} / {lab}"] = {"algorithms": st_out, "verdict": kind, "candidates": algs}
         verdicts[f"{name} / {lab}"] = (kind, algs)
     for key, v in stats.items():
@@ -279,7 +295,9 @@ def exp_lookalikes(ctx: Context) -> dict:
                       valid_cells=v["algorithms"][a]["valid_cells"], verdict=v["verdict"], candidates=v["candidates"])
     md = (f"κ ∈ {{{', '.join(f'{k:g}' for k in kappas)}}}, positions t = d−2 … n−1, {sz.seeds} seed(s) × {sz.test_prompts} "
           f"test prompts; spread = std of log₂(equivalent steps) over that grid (0 = the algorithm the layer runs), "
-          f"[95% bootstrap CI]. Verdict: one algorithm only when its interval is below all others'. "
+          f"[95% bootstrap CI]; (v/c) = only v of c cells resolvable. Verdict: an algorithm when its interval lies below all "
+          f"others' and under {INVARIANT_SPREAD} (equivalent steps vary < 19%); 'closest' when below all others but not "
+          "invariant; otherwise the algorithms the data cannot separate. "
           "**Caveat**: the trained models saw one κ in training, so most of the sweep is out of their distribution.\n\n"
           + md_table(["model", "layer"] + [ALGO_LABELS[a] for a in ALGOS] + ["verdict"], rows)
           + f"\n\n![lookalikes]({FOLDER}/lookalikes.png)")
@@ -296,13 +314,16 @@ def _spread_cell(s: dict) -> str:
         return f"– ({s['valid_cells']}/{s['cells']} cells)"
     lo = "–" if s["spread_lo"] is None else fmt(s["spread_lo"], 2)
     hi = "–" if s["spread_hi"] is None else fmt(s["spread_hi"], 2)
-    return f"{fmt(s['spread'], 2)} [{lo}, {hi}]"
+    few = "" if s["valid_cells"] * 2 >= s["cells"] else f" ({s['valid_cells']}/{s['cells']})"
+    return f"{fmt(s['spread'], 2)} [{lo}, {hi}]{few}"
 
 
 def _verdict_text(v: dict) -> str:
     c = [ALGO_LABELS[a] for a in v["candidates"]]
     if v["verdict"] == "decided":
         return f"**{c[0]}**"
+    if v["verdict"] == "closest":
+        return f"none invariant; closest {c[0]}"
     if v["verdict"] == "no data":
         return "no data"
     return "cannot decide: " + ", ".join(c)
