@@ -12,7 +12,7 @@ from .builder import GDSpec, NewtonSpec, assemble, make_blocks, make_gd_blocks, 
 from .checkpoint import SavableModel, register_kind
 from .layout import ResidualLayout
 from .hooks import HookedMixin
-from .precision import check_finite, check_precision as _check_precision, precision_estimate
+from .precision import check_finite, check_precision as _check_precision, gd_precision_estimate, precision_estimate
 from .transformer import Transformer
 from .validate import MODEL_DTYPES, as_tensor, check_dtype, check_prompts
 
@@ -73,7 +73,7 @@ class HandBuiltModel(HookedMixin, SavableModel):
     # ------------------------------------------------------------------ guards (issue 12)
     def _precision_args(self, X: torch.Tensor, norm) -> tuple[torch.Tensor, int, str] | None:
         """(α_eff per prompt, Newton-equivalent k, form) for :func:`construct.precision.precision_estimate`,
-        or None where no estimate is derived (GD: only the NaN/inf check applies)."""
+        or None where no Newton estimate applies (GD overrides :meth:`_precision_estimate`)."""
         return None
 
     def _guard(self, X, y, x_query, norm, check_alpha: str, check_precision: str, what: str = "prompt") -> None:
@@ -82,12 +82,17 @@ class HandBuiltModel(HookedMixin, SavableModel):
             raise ValueError(f"check_precision must be 'raise', 'warn' or 'ignore', got {check_precision!r}")
         self._alpha_check(X, norm, check_alpha)
         if check_precision != "ignore":
-            args = self._precision_args(X, norm)
-            if args is not None:
-                a, k, form = args
-                est = precision_estimate(X, y, x_query, a, k, lam=getattr(self.spec, "lam", 0.0), dtype=self.dtype,
-                                         form=form)
+            est = self._precision_estimate(X, y, x_query, norm)
+            if est is not None:
                 _check_precision(est, self.dtype, check_precision, what)
+
+    def _precision_estimate(self, X, y, x_query, norm) -> torch.Tensor | None:
+        """Per-prompt error bound (B,) of :mod:`construct.precision`, or None where none is derived."""
+        args = self._precision_args(X, norm)
+        if args is None:
+            return None
+        a, k, form = args
+        return precision_estimate(X, y, x_query, a, k, lam=getattr(self.spec, "lam", 0.0), dtype=self.dtype, form=form)
 
     def _finite(self, name: str, out: torch.Tensor, check_precision: str) -> torch.Tensor:
         return out if check_precision == "ignore" else check_finite(name, out, _NONFINITE_HINT)
@@ -130,8 +135,8 @@ class HandBuiltModel(HookedMixin, SavableModel):
         when a prompt's tr(S^p) lies outside its valid range, since its α would be wrong there.
         The divergence check is done in float64 whatever the model's dtype.
         ``check_precision``: "raise" (default) raises :class:`construct.precision.PrecisionError`
-        when the model's dtype cannot deliver the promised accuracy on a prompt (Newton networks,
-        see :mod:`construct.precision`) or the output is NaN/inf; "warn" warns (NaN/inf still
+        when the model's dtype cannot deliver the promised accuracy on a prompt (Newton and GD
+        networks, see :mod:`construct.precision`) or the output is NaN/inf; "warn" warns (NaN/inf still
         raise); "ignore" returns whatever the arithmetic gives.
         """
         X, y, x_query = self._check(X, y, x_query)
@@ -411,6 +416,11 @@ class GDTransformer(HandBuiltModel):
 
     def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
         check_lr(X, self.spec.lr, norm if self.spec.normalize else 1.0, on_diverge)
+
+    def _precision_estimate(self, X, y, x_query, norm) -> torch.Tensor:
+        """GD bound (:func:`construct.precision.gd_precision_estimate`, "GD networks" in its module doc)."""
+        nrm = torch.as_tensor(norm, dtype=torch.float64) if self.spec.normalize else torch.tensor(1.0, dtype=torch.float64)
+        return gd_precision_estimate(X, y, x_query, self.spec.lr / nrm, self.spec.steps, dtype=self.dtype)
 
     def describe(self) -> str:
         s = self.spec
