@@ -104,11 +104,12 @@ def probe_model(model=None):
     """(model, source): the given model, the shipped cpu checkpoint, or an untrained cpu-shaped one."""
     if model is not None:
         return model, "given model"
+    from benchmarks.experiments.common import shown
     from construct.checkpoint import load_model
     from construct.regressor import GargConfig, GargRegressor
 
     if (CHECKPOINT / "config.json").exists():
-        return load_model(CHECKPOINT).eval(), str(CHECKPOINT)
+        return load_model(CHECKPOINT).eval(), shown(CHECKPOINT)
     from benchmarks.train import PRESETS
 
     c = PRESETS["cpu"]

@@ -477,13 +477,15 @@ def markdown(result: dict) -> str:
 # ====================================================================== benchmarks.run experiment f
 def _exp_width(ctx) -> dict:
     """Experiment f for ``benchmarks.run``: re-plot the committed full ablation; --quick also re-trains tiny models."""
+    from benchmarks.experiments.common import shown
+
     out = ctx.dir("f_width")
     summary, md = {}, ""
     try:
         res = load_results(RESULTS_DIR)
     except FileNotFoundError as e:
         ctx.note(str(e))
-        ctx.check("f_width_committed_results_present", False, path=str(RESULTS_DIR))
+        ctx.check("f_width_committed_results_present", False, path=shown(RESULTS_DIR))
         res = None
     if res is not None:
         ctx.step("width: committed results")
@@ -494,7 +496,7 @@ def _exp_width(ctx) -> dict:
                           res["constructed"]["nmse_avg"]]])
         plot(res, out / "width.png")
         ctx.record(out / "width.png")
-        ctx.check("f_width_committed_results_present", True, path=str(RESULTS_DIR))
+        ctx.check("f_width_committed_results_present", True, path=shown(RESULTS_DIR))
         ctx.check("f_constructed_width_reaches_ols", bool(res["constructed"]["reaches_ols"]),
                   width=res["constructed"]["width"], k=res["constructed"]["k"])
         summary = {k: res[k] for k in ("minimal_width", "minimal_width_headline", "construction_width", "ols", "constructed")}
