@@ -335,7 +335,10 @@ class Report:
         a, nw, ol = self.alpha, self.newton, self.ols
         lines += [
             "",
-            f"prediction vs Newton ({c.get('k')} steps, plain on S): max_abs {_fmt(nw.max_abs)}  "
+            (f"prediction vs the order-3 hyperpower iterate (residual power {c.get('residual_power')}, "
+             f"at least Newton-{c.get('k')}, plain on S): " if c.get("form") == "hyperpower"
+             else f"prediction vs Newton ({c.get('k')} steps, plain on S): ")
+            + f"max_abs {_fmt(nw.max_abs)}  "
             f"max_rel {_fmt(nw.max_rel)}  bound {_fmt(nw.bound)}  {'ok' if nw.passed else 'FAIL'}",
             f"prediction vs {'ridge' if c.get('lam') else 'OLS'}: max_abs {_fmt(ol.max_abs)}  max_rel "
             f"{_fmt(ol.max_rel)}  " + (("ok" if ol.passed else "FAIL") if ol.checked else "(informational)")
@@ -941,7 +944,7 @@ def verify_model(
         + f"; {model.n_layers} layers, width D={layout.width}, residual power P={model.residual_power}"
     )
     config = dict(spec.to_dict(), model=model_desc, B=B, n=n, P=P, N=N, n_layers=model.n_layers,
-                  width=layout.width, layer_names=list(model.layer_names))
+                  width=layout.width, layer_names=list(model.layer_names), residual_power=model.residual_power)
     return Report(tuple(rows), newton, ols, alpha, rtol, condition_aware, str(dtype).removeprefix("torch."), config)
 
 
