@@ -489,16 +489,11 @@ def test_hyperpower_symbolic(kw):
 
 def test_verifier_report_names_the_hyperpower_reference():
     """The printed report says what the prediction was compared with: the residual-power iterate, not Newton-k."""
-    import torch as _t
-
-    from construct import build_newton_transformer as _build
-    from verify import verify_model as _verify
-
-    m = _build(3, 6, 1e-3, form="hyperpower")
-    g = _t.Generator().manual_seed(0)
-    X = _t.randn(2, 8, 3, generator=g, dtype=_t.float64)
-    y = _t.randn(2, 8, generator=g, dtype=_t.float64)
-    xq = _t.randn(2, 3, generator=g, dtype=_t.float64)
-    text = str(_verify(m, X, y, xq, check_ols=False))
+    m = build_newton_transformer(3, 6, 1e-3, form="hyperpower")
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 8, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 8, generator=g, dtype=torch.float64)
+    xq = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    text = str(verify_model(m, X, y, xq, check_ols=False))
     assert f"residual power {m.residual_power}" in text and m.residual_power == 108
     assert "prediction vs Newton (6 steps" not in text
