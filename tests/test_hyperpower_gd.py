@@ -485,3 +485,15 @@ def test_hyperpower_symbolic(kw):
     with torch.no_grad():
         m.transformer.blocks[m.schedule[2]].attn.W_O[2 if kw.get("attn") != "linear" else 1] *= 1.5
     assert not symbolic_check(m, 1).passed
+
+
+def test_verifier_report_names_the_hyperpower_reference():
+    """The printed report says what the prediction was compared with: the residual-power iterate, not Newton-k."""
+    m = build_newton_transformer(3, 6, 1e-3, form="hyperpower")
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 8, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 8, generator=g, dtype=torch.float64)
+    xq = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    text = str(verify_model(m, X, y, xq, check_ols=False))
+    assert f"residual power {m.residual_power}" in text and m.residual_power == 108
+    assert "prediction vs Newton (6 steps" not in text

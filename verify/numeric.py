@@ -335,7 +335,10 @@ class Report:
         a, nw, ol = self.alpha, self.newton, self.ols
         lines += [
             "",
-            f"prediction vs Newton ({c.get('k')} steps, plain on S): max_abs {_fmt(nw.max_abs)}  "
+            (f"prediction vs the order-3 hyperpower iterate (residual power {c.get('residual_power')}, "
+             f"at least Newton-{c.get('k')}, plain on S): " if c.get("form") == "hyperpower"
+             else f"prediction vs Newton ({c.get('k')} steps, plain on S): ")
+            + f"max_abs {_fmt(nw.max_abs)}  "
             f"max_rel {_fmt(nw.max_rel)}  bound {_fmt(nw.bound)}  {'ok' if nw.passed else 'FAIL'}",
             f"prediction vs {'ridge' if c.get('lam') else 'OLS'}: max_abs {_fmt(ol.max_abs)}  max_rel "
             f"{_fmt(ol.max_rel)}  " + (("ok" if ol.passed else "FAIL") if ol.checked else "(informational)")
@@ -445,6 +448,25 @@ def _newton_norms(ev: torch.Tensor, alpha: float, k: int) -> torch.Tensor:
     return torch.stack(norms)
 
 
+def _adaptive_slots(spec, X, x_query, S, xs, R: int, a, v_bd, base, zd, z1):
+    """Expected adaptive-α slots (construct.blocks.gram / trace_alpha / scale), shared by both references.
+
+    On the register token (index R): one = 1, tau = tr(S^p), alpha = α; v = S x on ridge/train tokens
+    (xs is slot x: 0 on the register and the query); S x_q parked on the query.  Returns
+    (one, v, parked, tau, alpha, (v_bound, tau_bound, alpha_bound)).
+    """
+    one = z1.clone()
+    one[:, R, 0] = 1.0
+    v = xs @ S.transpose(1, 2)  # (B, T, d)
+    parked = zd.clone()
+    parked[:, -1] = (S @ x_query[..., None])[..., 0]
+    tau_s, alpha_s = z1.clone(), z1.clone()
+    tau_s[:, R, 0] = trace_power(X, spec.alpha_trace, spec.lam)
+    alpha_s[:, R, 0] = a
+    bounds = (v_bd, base * spec.alpha_trace * tau_s[:, R, 0], base * (2 + spec.alpha_trace) * a)
+    return one, v, parked, tau_s, alpha_s, bounds
+
+
 def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch.Tensor | None = None) -> _Reference:
     """Expected residual streams and rounding bounds, from the prompt and ``model.spec`` only (float64).
     ``ev_S``: the eigenvalues of S = XᵀX + λI if the caller has them (reused when S is not scaled)."""
@@ -502,21 +524,12 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     if ada:
         # adaptive slots (construct.blocks.gram / trace_alpha / scale): v = S x on example tokens,
         # the register holds one = 1, tau = tr(S^p) and α; the merged form parks S x_q in c
-        one = z1.clone()
-        one[:, R, 0] = 1.0
+        one, v, parked, tau_s, alpha_s, (v_bd, tau_bd, alpha_bd) = _adaptive_slots(
+            spec, X, x_query, S, xs, R, a, base * norm_S * zmax, base, zd, z1)
         base_slots["one"] = one
-        v = xs @ S.transpose(1, 2)  # S x on ridge/train tokens; 0 on the register and the query
-        parked = zd.clone()
-        parked[:, -1] = (S @ x_query[..., None])[..., 0]
-        tau_s, alpha_s = z1.clone(), z1.clone()
-        tau_s[:, R, 0] = trace_power(X, spec.alpha_trace, lam)
-        alpha_s[:, R, 0] = a
         first.update(one=one, v=zd, tau=z1, alpha=z1)
         first_bd.update(one=zero, v=zero, tau=zero, alpha=zero)
         scale_layer = spec.alpha_layers
-        v_bd = base * norm_S * zmax
-        tau_bd = base * spec.alpha_trace * tau_s[:, R, 0]
-        alpha_bd = base * (2 + spec.alpha_trace) * a
     streams.append(first)
     bounds.append(first_bd)
     # Singular S: Newton–Schulz doubles round-off on a token's own null-space component every step
@@ -654,20 +667,11 @@ def _reference_hyper(model: NewtonTransformer, X, y, x_query, unit: float) -> _R
     if ada:
         # adaptive slots (construct.blocks.gram / trace_alpha / scale, as in _reference): v = S x on
         # example tokens, the register holds one = 1, tau = tr(S^p) and α; S x_q parked in cq
-        one = z1.clone()
-        one[:, R, 0] = 1.0
+        one, v, parked, tau_s, alpha_s, (v_bd, tau_bd, alpha_bd) = _adaptive_slots(
+            spec, X, x_query, S, Zt, R, a, base * norm_S * zmax, base, zd, z1)
         fixed["one"] = one
-        v = Zt @ S.transpose(1, 2)  # S x on ridge/train tokens; 0 on the register and the query
-        parked = zd.clone()
-        parked[:, -1] = (S @ x_query[..., None])[..., 0]
-        tau_s, alpha_s = z1.clone(), z1.clone()
-        tau_s[:, R, 0] = trace_power(X, spec.alpha_trace, lam)
-        alpha_s[:, R, 0] = a
         streams[0].update(one=one, v=zd, tau=z1, alpha=z1)
         bounds[0].update(one=zero, v=zero, tau=zero, alpha=zero)
-        v_bd = base * norm_S * zmax
-        tau_bd = base * spec.alpha_trace * tau_s[:, R, 0]
-        alpha_bd = base * (2 + spec.alpha_trace) * a
     sigma = None if ada else c_scale(spec.alpha)
     L = len(powers)
     pred_bound = zero
@@ -940,7 +944,7 @@ def verify_model(
         + f"; {model.n_layers} layers, width D={layout.width}, residual power P={model.residual_power}"
     )
     config = dict(spec.to_dict(), model=model_desc, B=B, n=n, P=P, N=N, n_layers=model.n_layers,
-                  width=layout.width, layer_names=list(model.layer_names))
+                  width=layout.width, layer_names=list(model.layer_names), residual_power=model.residual_power)
     return Report(tuple(rows), newton, ols, alpha, rtol, condition_aware, str(dtype).removeprefix("torch."), config)
 
 
