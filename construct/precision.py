@@ -64,8 +64,8 @@ silent in float32 before this estimate (tests/test_fuzz.py::test_gd_float32_sile
 Estimate: ``GD_PRECISION_C``·(1 + 2 + 3)/√γ / (‖x_q‖‖w_k‖), γ = N + d, with the same √γ
 accumulation and C = 4 as the Newton estimate.  *Calibration* (GD cases of the fuzz strategy,
 measured error / estimate): max 0.07 in float32 (68 valid cases) and 0.05 in float64 (71), i.e. the
-bound is ≥ 14× above every measured error; the GD-only fuzz (10,000 cases, both dtypes) is clean
-with it (numbers in /work/notes/fuzz-gd.md and the README).
+bound is ≥ 14× above every measured error.  GD-only float32 fuzz (``run_fuzz(n, forms=("gd",),
+dtypes=(torch.float32,))``): 30 silent in 3,000 cases without this estimate, 0 in 1,500 with it.
 """
 
 from __future__ import annotations

@@ -58,6 +58,8 @@ FUZZ_CASES = int(os.environ.get("FUZZ_CASES", "500"))
 FUZZ_SLOW_CASES = int(os.environ.get("FUZZ_SLOW_CASES", "10000"))
 BOUNDARY_BAND = 1e-6
 FORMS = ("default", "merged", "hyperpower", "gd")
+_RESTRICT: dict = {}  # run_fuzz(forms=, dtypes=) while it runs
+FAILED: list = []  # every failing case of the current run_fuzz, with its prompt
 
 
 # ----------------------------------------------------------------------------- reference
@@ -124,10 +126,13 @@ def ld_gd(X, y, xq, steps: int, eta: float):
 
 # ----------------------------------------------------------------------------- cases
 @st.composite
-def fuzz_cases(draw, max_d: int = 32, max_k: int = 30, forms: tuple = FORMS, dtypes: tuple = (torch.float64, torch.float32)):
+def fuzz_cases(draw, max_d: int = 32, max_k: int = 30, forms: tuple | None = None, dtypes: tuple | None = None):
     """A network spec, dtype and one prompt from the full input space (module docstring).
 
-    ``forms`` / ``dtypes`` restrict the draw (to hunt one class of failures quickly)."""
+    ``forms`` / ``dtypes`` restrict the draw (to hunt one class of failures quickly); None: all, or
+    what :func:`run_fuzz` was asked for."""
+    forms = forms or _RESTRICT.get("forms", FORMS)
+    dtypes = dtypes or _RESTRICT.get("dtypes", (torch.float64, torch.float32))
     d = draw(st.integers(1, max_d))
     n = draw(st.one_of(st.integers(0, 4 * d), st.just(d), st.integers(1, max(1, d - 1))))
     form = draw(st.sampled_from(list(forms)))
@@ -183,6 +188,15 @@ def fuzz_cases(draw, max_d: int = 32, max_k: int = 30, forms: tuple = FORMS, dty
 
 
 def classify(spec, dtype, X, y, xq, a_eff) -> str:
+    """The class of one case (module docstring); failing ones are recorded in ``FAILED``."""
+    c = _classify(spec, dtype, X, y, xq, a_eff)
+    if c.startswith("silent") or c == "false alarm":
+        FAILED.append(dict(outcome=c, spec=spec, dtype=str(dtype), n=X.shape[0], step=a_eff,
+                           X=X.tolist(), y=y.tolist(), x_query=xq.tolist()))
+    return c
+
+
+def _classify(spec, dtype, X, y, xq, a_eff) -> str:
     n = X.shape[0]
     spec = dict(spec)
     gd = spec.pop("program", None) == "gd"
@@ -243,7 +257,7 @@ def run_fuzz(n_cases: int, seed: int = 0, **strategy) -> Counter:
 
     @settings(max_examples=n_cases, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(fuzz_cases(**strategy))
+    @given(fuzz_cases())
     def one(case):
         spec, dtype, X, y, xq, a_eff = case
         c = classify(spec, dtype, X, y, xq, a_eff)
@@ -252,11 +266,15 @@ def run_fuzz(n_cases: int, seed: int = 0, **strategy) -> Counter:
         prog = "gd" if spec.get("program") == "gd" else ("adaptive" if spec.get("alpha") == "adaptive" else spec["form"])
         counts[("program", prog)] += 1
         if c.startswith("silent") or c == "false alarm":
-            failures.append(dict(outcome=c, spec=spec, dtype=str(dtype), n=X.shape[0], step=a_eff,
-                                 X=X.tolist(), y=y.tolist(), x_query=xq.tolist()))
+            failures.append((c, spec, str(dtype), X.shape))
 
-    one()
-    counts["_failures"] = failures  # type: ignore[assignment]
+    _RESTRICT.clear(); _RESTRICT.update(strategy); FAILED.clear()
+    try:
+        one()
+    finally:
+        _RESTRICT.clear()
+    assert len(FAILED) == len(failures)
+    counts["_failures"] = list(FAILED)  # type: ignore[assignment]
     return counts
 
 
