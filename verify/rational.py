@@ -515,6 +515,41 @@ def pl_alpha_exact(model, X, lam: Fraction) -> tuple[Fraction, Fraction]:
     return tau, alpha
 
 
+def _exact_setup(model, X, y, x_query, alpha):
+    """What both exact checks (plain and hyperpower) start from, in exact rationals.
+
+    Returns (X, y, x_query, n, d, √λ, λ, P, adaptive, R, N, ν, τ_p or None, α, α_eff, tokens): the
+    prompt as Fractions (validated), the ridge prefix (P tokens, R of them ridge; an adaptive
+    model's register follows them), N tokens with ν = N under 1/N normalisation (else 1), α (the
+    spec's PL value f(τ_p) at the exact τ_p for adaptive models, unless ``alpha`` overrides it),
+    α_eff = α/ν², and the read-in tokens.
+    """
+    spec = model.spec
+    X = _fractions(X, 2, "X")
+    y = _fractions(y, 1, "y")
+    xq = _fractions(x_query, 1, "x_query")
+    n, d = len(X), spec.d
+    if n < 1 or any(len(r) != d for r in X) or len(y) != n or len(xq) != d:
+        raise ValueError(f"need X (n, {d}), y (n,), x_query ({d},) with n >= 1; got X with rows "
+                         f"{sorted({len(r) for r in X})}, len(y)={len(y)}, len(x_query)={len(xq)}")
+    root = _prefix_sqrt_lambda(model)
+    lam = root * root
+    P = spec.n_prefix
+    ada = getattr(spec, "adaptive", False)
+    R = spec.n_ridge if ada else P
+    N = n + 1 + P
+    nu = Fraction(N) if spec.normalize else Fraction(1)
+    tau_x = None
+    if ada:
+        tau_x, alpha_x = pl_alpha_exact(model, X, lam)
+        alpha = alpha_x if alpha is None else _frac(alpha)
+    else:
+        alpha = _frac(spec.alpha if alpha is None else alpha)
+    zero = Fraction(0)
+    tokens = [list(X[i]) + [zero] * d + [y[i]] for i in range(n)] + [[zero] * d + list(xq) + [zero]]
+    return X, y, xq, n, d, root, lam, P, ada, R, N, nu, tau_x, alpha, alpha / (nu * nu), tokens
+
+
 def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, weights: str = "intended") -> ExactResult:
     """Run ``model``'s weights exactly on a rational prompt and compare with exact Newton.
 
@@ -549,31 +584,10 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
         return _hyper_exact_check(model, X, y, x_query, residuals=residuals, alpha=alpha, weights=weights)
     t0 = time.perf_counter()
     spec, lay = model.spec, model.layout
-    X = _fractions(X, 2, "X")
-    y = _fractions(y, 1, "y")
-    xq = _fractions(x_query, 1, "x_query")
-    n, d = len(X), spec.d
-    if n < 1 or any(len(r) != d for r in X) or len(y) != n or len(xq) != d:
-        raise ValueError(f"need X (n, {d}), y (n,), x_query ({d},) with n >= 1; got X with rows "
-                         f"{sorted({len(r) for r in X})}, len(y)={len(y)}, len(x_query)={len(xq)}")
-    root = _prefix_sqrt_lambda(model)
-    lam = root * root
-    P = spec.n_prefix
-    ada = getattr(spec, "adaptive", False)
-    R = spec.n_ridge if ada else P  # ridge prefix tokens (an adaptive model's register follows them)
-    N = n + 1 + P
-    nu = Fraction(N) if spec.normalize else Fraction(1)
-    tau_x = None
-    if ada:
-        tau_x, alpha_x = pl_alpha_exact(model, X, lam)
-        alpha = alpha_x if alpha is None else _frac(alpha)
-    else:
-        alpha = _frac(spec.alpha if alpha is None else alpha)
-    alpha_eff = alpha / (nu * nu)
+    X, y, xq, n, d, root, lam, P, ada, R, N, nu, tau_x, alpha, alpha_eff, tokens = _exact_setup(model, X, y, x_query, alpha)
 
     # network, exactly
     zero = Fraction(0)
-    tokens = [list(X[i]) + [zero] * d + [y[i]] for i in range(n)] + [[zero] * d + list(xq) + [zero]]
     out, streams = exact_forward(model.transformer, tokens)
     pred = out[-1][0]
 
@@ -735,28 +749,8 @@ def _hyper_exact_check(model, X, y, x_query, *, residuals: bool, alpha, weights:
     """:func:`exact_check` for the hyperpower form (see its docstring)."""
     t0 = time.perf_counter()
     spec, lay = model.spec, model.layout
-    X = _fractions(X, 2, "X")
-    y = _fractions(y, 1, "y")
-    xq = _fractions(x_query, 1, "x_query")
-    n, d = len(X), spec.d
-    if n < 1 or any(len(r) != d for r in X) or len(y) != n or len(xq) != d:
-        raise ValueError(f"need X (n, {d}), y (n,), x_query ({d},) with n >= 1; got X with rows "
-                         f"{sorted({len(r) for r in X})}, len(y)={len(y)}, len(x_query)={len(xq)}")
-    root = _prefix_sqrt_lambda(model)
-    lam = root * root
-    P = spec.n_prefix
-    ada = spec.adaptive
-    R = spec.n_ridge if ada else P  # ridge prefix tokens (an adaptive model's register follows them)
-    N = n + 1 + P
-    nu = Fraction(N) if spec.normalize else Fraction(1)
-    if ada:  # α = the spec's PL value f(τ_p) at the exact τ_p, as in exact_check
-        tau_x, alpha_x = pl_alpha_exact(model, X, lam)
-        alpha = alpha_x if alpha is None else _frac(alpha)
-    else:
-        alpha = _frac(spec.alpha if alpha is None else alpha)
-    alpha_eff = alpha / (nu * nu)
+    X, y, xq, n, d, root, lam, P, ada, R, N, nu, tau_x, alpha, alpha_eff, tokens = _exact_setup(model, X, y, x_query, alpha)
     zero = Fraction(0)
-    tokens = [list(X[i]) + [zero] * d + [y[i]] for i in range(n)] + [[zero] * d + list(xq) + [zero]]
     out, streams = exact_forward(model.transformer, tokens, intended_thirds(model) if weights == "intended" else None)
     pred = out[-1][0]
 
