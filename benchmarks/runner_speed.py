@@ -43,12 +43,15 @@ def compare(a: Path, b: Path, skip: tuple[str, ...] = ("g_perf/", "f_width/quick
     """Files of two output folders: identical bytes, identical apart from timing fields, or different.
 
     ``skip``: outputs that are timings by nature (the performance table, training logs with wall
-    seconds, the summary's copy of them); summary.json is compared with its timing keys removed.
+    seconds, the summary's copy of them); summary.json is compared with its timing keys and the
+    skipped experiments' sections removed.  Figures (``*.png``) whose bytes differ are listed under
+    ``figures_different``, not ``different``: issue 13 lets the drawing change, never the data
+    (JSON, CSV) beside it.
     """
     fa = {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()}
     fb = {str(p.relative_to(b)) for p in b.rglob("*") if p.is_file()}
     res = {"only_old": sorted(fa - fb), "only_new": sorted(fb - fa), "identical": 0, "identical_but_timings": 0,
-           "different": [], "skipped": 0}
+           "different": [], "figures_different": [], "skipped": 0}
     for f in sorted(fa & fb):
         if f.startswith(skip):
             res["skipped"] += 1
@@ -56,11 +59,21 @@ def compare(a: Path, b: Path, skip: tuple[str, ...] = ("g_perf/", "f_width/quick
         x, y = (a / f).read_bytes(), (b / f).read_bytes()
         if x == y:
             res["identical"] += 1
-        elif f.endswith(".json") and _strip(json.loads(x)) == _strip(json.loads(y)):
+        elif f.endswith(".png"):
+            res["figures_different"].append(f)
+        elif f.endswith(".json") and _data(json.loads(x), f, skip) == _data(json.loads(y), f, skip):
             res["identical_but_timings"] += 1
         else:
             res["different"].append(f)
     return res
+
+
+def _data(obj, name: str, skip: tuple[str, ...]):
+    """A JSON output without its timing fields (and, for summary.json, without the skipped experiments)."""
+    obj = _strip(obj)
+    if name == "summary.json" and isinstance(obj.get("experiments"), dict):
+        obj["experiments"] = {k: v for k, v in obj["experiments"].items() if not f"{k}/".startswith(skip)}
+    return obj
 
 
 def _run(src: Path, out: Path, args: list[str]) -> tuple[float, float]:
