@@ -5,8 +5,10 @@
 Extracts ``--old`` into a temporary folder (``git archive``), then runs the two runners alternately
 (old, new, old, new, …) so that both see the same machine load, each in a fresh process with
 ``--no-progress`` into its own output folder.  Reports the median wall time and CPU time (user +
-system of the child) of each, their ratio, and whether every output file is identical apart from
-timing fields (JSON keys naming seconds/timings/load, the CSV/markdown lines that carry them).
+system of the child) of each, their ratio, the median wall seconds of each experiment and of the
+rest of the process, and whether every output file is identical apart from timing fields (JSON
+keys naming seconds/timings/load, the CSV/markdown lines that carry them); figures whose pixels
+changed are listed apart from the data.
 Nothing here is imported by the runner; it is a measuring tool for issue 13.
 """
 
@@ -87,6 +89,18 @@ def _run(src: Path, out: Path, args: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def _parts(out: Path, wall: float) -> dict[str, float]:
+    """Wall seconds of each experiment (the run's summary.json) and of everything else in the
+    process (interpreter start, imports, loading the checkpoints, the summary)."""
+    sec = json.loads((out / "summary.json").read_text())["meta"]["experiment_seconds"]
+    return {**sec, "outside experiments": wall - sum(sec.values())}
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = [k for k in runs[0] if all(k in r for r in runs)]
+    return {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in keys}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="python -m benchmarks.runner_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--old", required=True, help="git revision of the old runner")
@@ -108,14 +122,17 @@ def main(argv: list[str] | None = None) -> int:
             archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)  # no worktree registered
         times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+        parts: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
         for i in range(args.repeats):
             for name, src in (("old", old_src), ("new", new_src)):
                 times[name].append(_run(src, tmp / f"{name}{i}", extra))
+                parts[name].append(_parts(tmp / f"{name}{i}", times[name][-1][0]))
         med = {k: (sorted(w for w, _ in v)[len(v) // 2], sorted(c for _, c in v)[len(v) // 2]) for k, v in times.items()}
         cmp = compare(tmp / "old0", tmp / "new0")
         res = {"old": args.old, "new": args.new or "working tree", "repeats": args.repeats, "only": args.only, "times_wall_cpu_s": times,
                "median_wall_s": {k: v[0] for k, v in med.items()}, "median_cpu_s": {k: v[1] for k, v in med.items()},
                "speedup_wall": med["old"][0] / med["new"][0], "speedup_cpu": med["old"][1] / med["new"][1],
+               "median_wall_s_by_part": {k: _medians(v) for k, v in parts.items()},
                "outputs": cmp, "load_average": os.getloadavg()}
         print(dumps_strict(res, indent=1))
         return 0 if not cmp["different"] and not cmp["only_old"] else 1
