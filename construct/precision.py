@@ -87,8 +87,8 @@ and m(s) = (1 − (1 − αs²)^(2^k))/s, so M_k = m(S) and w̃_i = m(s_i) b̃_i
    ε_α·Σ_i |x̃_i|·|P α s_i² r_i^(P−1)/s_i|·|b̃_i| (= ε_α|p| at k = 0, where all of α's error goes
    into the prediction; → 0 on converged directions).  *Before* (until this term and the fix of
    the PL unit scaling, :mod:`construct.blocks.trace_alpha`) the float32 α MLP's slopes underflowed
-   for τ_3^(1/3) ≳ 2^25 and the network's α was wrong (down to 0): 27 of the 31 silent float32 adaptive cases in
-   10,000 (the other 4 were term 5).
+   for τ_3^(1/3) ≳ 2^25 and the network's α was wrong (down to 0): 27 of the 31 silent float32
+   adaptive cases in 10,000 (the other 4 were term 5).
 
 8. *The query's own slots* (merged and hyperpower read-outs read u_q = M x_q as 2⟨u_q, Xᵀy⟩).  The
    query is no key, so its slots update like an off-range token column: Newton
