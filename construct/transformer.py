@@ -47,6 +47,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .dense import linear
 from .hooks import ActivationCache, HookedMixin, HookPoint, act_name, name_hook_points  # noqa: F401  (re-exported)
 
 ATTN_KINDS = ("softmax", "relu", "linear")
@@ -203,7 +204,7 @@ def _linear_in(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torc
     """``F.linear(x, W, b)`` for W (out, in), reading only the input slots W uses."""
     runs = _used_runs(W)
     if runs is None or not x.is_contiguous():
-        return F.linear(x, W, b)
+        return linear(x, W, b)
     x2 = x.reshape(-1, x.shape[-1])  # (B·N, in)
     out = b.expand(x2.shape[0], -1).clone() if b is not None else x2.new_zeros(x2.shape[0], W.shape[0])
     for a0, a1 in runs:  # strided views, no copies: out += x[:, a0:a1] W[:, a0:a1]ᵀ
@@ -273,8 +274,8 @@ class Attention(nn.Module):
             a = hk.hook_pattern(a)
             z = a @ v.transpose(1, 2)  # (B, H, N, Dh)
         z = hk.hook_z(z.transpose(1, 2))  # (B, N, H, Dh)
-        out = z.reshape(B, N, H * Dh) @ self.W_O.reshape(H * Dh, -1)  # (B, N, D)
-        return out + self.b_O if self.cfg.bias else out
+        return linear(z.reshape(B, N, H * Dh), self.W_O.reshape(H * Dh, -1).t(),  # (B, N, D)
+                      self.b_O if self.cfg.bias else None)
 
 
 class MLP(nn.Module):
@@ -295,7 +296,7 @@ class MLP(nn.Module):
             h = hk.hook_post(torch.relu(h) if hk.hook_pre.active else h.relu_())
         else:
             h = hk.hook_post(F.gelu(h, approximate="tanh" if self.act == "gelu_new" else "none"))
-        return F.linear(h, self.W_out.t(), self.b_out if self.bias else None)  # (B, N, D)
+        return linear(h, self.W_out.t(), self.b_out if self.bias else None)  # (B, N, D)
 
 
 class Block(nn.Module):
@@ -393,7 +394,7 @@ class Transformer(HookedMixin, nn.Module):
     # ------------------------------------------------------------------ forward
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Read-in: (B, N, d_in) -> residual (B, P+N, D), prefix tokens first."""
-        r = F.linear(tokens, self.W_in.t(), self.b_in)  # (B, N, D)
+        r = linear(tokens, self.W_in.t(), self.b_in)  # (B, N, D)
         if self.pos is not None:
             N = r.shape[1]
             if N > self.cfg.max_len:
@@ -425,7 +426,7 @@ class Transformer(HookedMixin, nn.Module):
         if self.ln_f is not None:
             r = self.ln_f(r)
         r = self.ln_final.hook_normalized(r)
-        return F.linear(r, self.W_out.t(), self.b_out)  # (B, P+N, d_out)
+        return linear(r, self.W_out.t(), self.b_out)  # (B, P+N, d_out)
 
     # ------------------------------------------------------------------ hooks
     def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
