@@ -236,6 +236,26 @@ class Attention(nn.Module):
         b = torch.cat([self.b_Q, self.b_K, self.b_V], 0).reshape(-1) if self.cfg.bias else None
         return W.transpose(1, 2).reshape(-1, W.shape[1]), b
 
+    def forward_at(self, x: torch.Tensor, at: slice, causal: bool) -> torch.Tensor:
+        """Softmax attention output at the query positions ``at`` only (keys and values at all N).
+
+        For the last layer of a read-out at some positions (training); the caller checks that no
+        hook is active and there is no key mask.  x (B, N, D) -> (B, n, D).
+        """
+        B, N, _ = x.shape
+        H, Dh, HD = self.cfg.n_heads, self.cfg.d_head, self.cfg.n_heads * self.cfg.d_head
+        W, b = self.qkv_weight()
+        bq, bkv = (b[:HD], b[HD:]) if b is not None else (None, None)
+        q = linear(x[:, at], W[:HD], bq)  # (B, n, H·Dh)
+        k, v = linear(x, W[HD:], bkv).view(B, N, 2, H, Dh).unbind(2)  # each (B, N, H, Dh)
+        pos = torch.arange(N, device=x.device)
+        mask = pos[None, :] <= pos[at][:, None] if causal else None  # (n, N): key j visible to query i
+        z = F.scaled_dot_product_attention(  # (B, H, n, Dh)
+            q.view(B, -1, H, Dh).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+            scale=self.cfg.score_scale)
+        return linear(z.transpose(1, 2).reshape(B, -1, HD), self.W_O.reshape(HD, -1).t(),  # (B, n, D)
+                      self.b_O if self.cfg.bias else None)
+
     def forward(self, x: torch.Tensor, ctx: _AttnCtx, hk: "AttnHooks") -> torch.Tensor:
         B, N, _ = x.shape  # x (B, N, D)
         H, Dh, kind = self.cfg.n_heads, self.cfg.d_head, self.cfg.attn
@@ -342,11 +362,21 @@ class Layer(nn.Module):
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, r: torch.Tensor, block: Block, ctx: _AttnCtx) -> torch.Tensor:
+    def hooked(self) -> bool:
+        """Whether any hook of this layer is active."""
+        return any(m.active for m in self.modules() if isinstance(m, HookPoint))
+
+    def forward(self, r: torch.Tensor, block: Block, ctx: _AttnCtx, at: slice | None = None) -> torch.Tensor:
+        """One layer; ``at`` (no hooks, softmax, no key mask): the output only at those positions."""
         r = self.hook_resid_pre(r)  # (B, N, D)
         if block.attn is not None:
             h = block.ln1(r) if block.ln1 is not None else r
-            r = r + self.hook_attn_out(block.attn(h, ctx, self.attn))
+            if at is None:
+                r = r + self.hook_attn_out(block.attn(h, ctx, self.attn))
+            else:  # (B, n, D)
+                r = r[:, at] + block.attn.forward_at(h, at, ctx.sdpa_causal)
+        elif at is not None:
+            r = r[:, at]
         r = self.hook_resid_mid(r)
         if block.mlp is not None:
             h = block.ln2(r) if block.ln2 is not None else r
@@ -407,11 +437,29 @@ class Transformer(HookedMixin, nn.Module):
             r = torch.cat([pre, r], dim=1)
         return r
 
-    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _trims(self, key_mask: torch.Tensor | None) -> bool:
+        """Whether a read-out at some positions may run the last layer at those positions only.
+
+        Only while autograd records (training; inference keeps the full last layer, so its
+        results are bit for bit those of a full run), for softmax attention without a key mask,
+        and when no hook of the last layer or the final LayerNorm is active (they would see
+        fewer positions).  The other positions of the last layer feed nothing that is read.
+        """
+        c = self.cfg
+        return (torch.is_grad_enabled() and c.attn == "softmax" and key_mask is None and c.n_layers > 0
+                and not self.layers[-1].hooked() and not self.ln_final.hook_normalized.active)
+
+    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
+                read: slice | None = None) -> torch.Tensor:
         """tokens (B, N, d_in); key_mask (B, N) bool, False hides that token as a key.
 
-        Returns the read-out at every position, (B, P+N, d_out) where P = n_prefix.
+        Returns the read-out at every position, (B, P+N, d_out) where P = n_prefix, or with
+        ``read`` (a slice of those P+N positions) only there, (B, n, d_out).  In training a read
+        slice skips the last layer's queries, attention output and MLP at the other positions
+        (keys and values are still computed everywhere); the values are the same products.
         """
+        if read is not None and not isinstance(read, slice):
+            raise TypeError(f"read must be a slice of token positions, got {type(read).__name__}")
         if tokens.dim() != 3 or tokens.shape[-1] != self.cfg.d_in:
             raise ValueError(
                 f"tokens must have shape (B, N, {self.cfg.d_in}), got {tuple(tokens.shape)}"
@@ -421,12 +469,16 @@ class Transformer(HookedMixin, nn.Module):
             pre = torch.ones(key_mask.shape[0], self.cfg.n_prefix, dtype=torch.bool, device=key_mask.device)
             key_mask = torch.cat([pre, key_mask], dim=1)
         ctx = _AttnCtx(self.cfg, r.shape[1], key_mask, r.dtype, r.device)
-        for layer, b in zip(self.layers, self.cfg.layer_schedule):
-            r = layer(r, self.blocks[b], ctx)
+        trim = read is not None and self._trims(key_mask)
+        last = self.cfg.n_layers - 1
+        for i, (layer, b) in enumerate(zip(self.layers, self.cfg.layer_schedule)):
+            r = layer(r, self.blocks[b], ctx, read if trim and i == last else None)
+        if read is not None and not trim:
+            r = r[:, read]
         if self.ln_f is not None:
             r = self.ln_f(r)
         r = self.ln_final.hook_normalized(r)
-        return linear(r, self.W_out.t(), self.b_out)  # (B, P+N, d_out)
+        return linear(r, self.W_out.t(), self.b_out)  # (B, P+N or n, d_out)
 
     # ------------------------------------------------------------------ hooks
     def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,

@@ -14,6 +14,12 @@ from construct.regressor import GargConfig, GargRegressor
 needs_onednn = pytest.mark.skipif(dense._OP is None, reason="torch built without oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def _small_products_on_onednn(monkeypatch):
+    """The tests' products are small; route them to oneDNN anyway (the size rule is tested below)."""
+    monkeypatch.setattr(dense, "MIN_MACS", 0)
+
+
 def _rel(a, b):
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
@@ -66,6 +72,15 @@ def test_double_backward_through_onednn():
         out[dt] = (gx, gW)
     for got, ref in zip(out[torch.float32], out[torch.float64]):
         assert _rel(got, ref) < 1e-5
+
+
+@needs_onednn
+def test_small_products_stay_on_aten(monkeypatch):
+    monkeypatch.setattr(dense, "MIN_MACS", 1 << 20)
+    W = torch.randn(64, 64, requires_grad=True)
+    assert not uses_onednn(torch.randn(255, 64), W)  # 255·64·64 multiply-adds < 2^20
+    assert uses_onednn(torch.randn(256, 64), W)
+    assert type(linear(torch.randn(8, 32, 64), W).grad_fn).__name__ == "_OneDnnLinearBackward"
 
 
 def test_inference_float64_and_aten_backend_are_f_linear_bit_for_bit():
