@@ -15,7 +15,14 @@ Targets (``targets()``):
   recording the requested ones), timed on ``loop_prompts`` prompts and scaled linearly to B
   (its cost is exactly linear in prompts).  Target ≥ 5×.
 * **verify_model** on a hand-built network (d = 20, n = 40, k = 10, B = 64, float64) against one
-  forward pass (``model.predict`` with the α check off).  Target ≤ 1.3×.
+  forward pass: ``model.predict`` as a user calls it, with its default checks (the float64 α
+  divergence check, one ``eigvalsh``, and the precision guard).  Target ≤ 1.3×.  Until the
+  verifier work of issue 13 the baseline was ``predict(check_alpha="ignore")``, which then still
+  computed the α ratio and threw it away; now that "ignore" really skips it, that call is one
+  ``eigvalsh`` lighter than the work it used to measure, so the target keeps measuring the same
+  work through the defaults.  ``verify_model`` computes the same α ratio itself (it reports it).
+  The "ignore" baseline is timed in the same interleaved run and recorded too
+  (``seconds["forward_alpha_ignore"]``, ``ratio_alpha_ignore``).
 
 Exponents (``scaling()``): each cost is timed at 3–4 sizes along one of B, n, d, k (others
 fixed) and the slope of log(time) on log(size) is fitted; the README puts these beside the
@@ -119,10 +126,14 @@ def verify_vs_forward(d: int = 20, n: int = 40, k: int = 10, B: int = 64, repeat
 
     model, X, y, xq = _verify_case(d, n, k, B, seed)
     rep = verify_model(model, X, y, xq)
-    t_fwd, t_ver = interleaved([lambda: model.predict(X, y, xq, check_alpha="ignore"),
-                                lambda: verify_model(model, X, y, xq)], repeats)
-    return {"config": {"d": d, "n": n, "k": k, "B": B, "dtype": "float64", "layers": model.n_layers},
-            "seconds": {"forward": t_fwd, "verify_model": t_ver}, "ratio": t_ver / t_fwd,
+    # baseline: predict with its default checks (module doc); the α-check-off call recorded beside it
+    t_fwd, t_ver, t_ign = interleaved([lambda: model.predict(X, y, xq),
+                                       lambda: verify_model(model, X, y, xq),
+                                       lambda: model.predict(X, y, xq, check_alpha="ignore")], repeats)
+    return {"config": {"d": d, "n": n, "k": k, "B": B, "dtype": "float64", "layers": model.n_layers,
+                       "baseline": "model.predict(X, y, x_query) with its default checks"},
+            "seconds": {"forward": t_fwd, "verify_model": t_ver, "forward_alpha_ignore": t_ign},
+            "ratio": t_ver / t_fwd, "ratio_alpha_ignore": t_ver / t_ign,
             "verify_passed": bool(rep.passed), "max_rel_error": rep.max_rel_error}
 
 
@@ -231,14 +242,16 @@ def markdown(t: dict, sc: dict | None = None) -> str:
                      f"{v['seconds']['auto']:.3g} | {v['seconds']['loop']:.3g} | {v['ratio']:.1f}x | >= 5x | "
                      f"{'yes' if v['ratio'] >= 5 else 'NO'} |")
     c = ve["config"]
-    lines.append(f"| verify_model vs one forward pass | d={c['d']} n={c['n']} k={c['k']} B={c['B']} float64 | "
+    lines.append(f"| verify_model vs one forward pass (predict, default checks) | d={c['d']} n={c['n']} k={c['k']} B={c['B']} float64 | "
                  f"{ve['seconds']['verify_model']:.3g} | {ve['seconds']['forward']:.3g} | {ve['ratio']:.2f}x | <= 1.3x | "
                  f"{'yes' if ve['ratio'] <= 1.3 else 'NO'} |")
     lines += ["", "Batched Newton (the recurrence, chunked and fused) vs the same loop: "
               + ", ".join(f"{k} {v['ratio_batched']:.1f}x" for k, v in nv.items())
               + f". Max relative differences: sweep Newton vs batched {sw['accuracy']['newton_vs_batched']:.1e}, "
               f"GD vs batched {sw['accuracy']['gd_vs_batched']:.1e}; auto vs loop "
-              + ", ".join(f"{k} {v['accuracy']['auto_vs_loop']:.1e}" for k, v in nv.items()) + "."]
+              + ", ".join(f"{k} {v['accuracy']['auto_vs_loop']:.1e}" for k, v in nv.items()) + ". "
+              f"verify_model vs predict(check_alpha='ignore') (no α check; verify_model does one): "
+              f"{ve['ratio_alpha_ignore']:.2f}x."]
     if sc:
         vars_ = list(sc["sizes"])
         lines += ["", "Measured cost exponents (log-log slope of time against each size; others at "

@@ -299,6 +299,8 @@ class NewtonTransformer(HandBuiltModel):
         if self.spec.adaptive:
             self._alpha_of(X)  # never diverges; raises AlphaRangeError outside the valid range
             return
+        if on_diverge == "ignore":  # nothing to report: skip the float64 λ_max(S) (an eigvalsh per prompt)
+            return
         check_alpha(X, self.spec.alpha, self.spec.lam, norm if self.spec.normalize else 1.0, on_diverge)
 
     def _precision_args(self, X: torch.Tensor, norm):
@@ -415,6 +417,8 @@ class GDTransformer(HandBuiltModel):
         return self.spec.steps
 
     def _alpha_check(self, X: torch.Tensor, norm, on_diverge: str) -> None:
+        if on_diverge == "ignore":  # nothing to report: skip the float64 λ_max(S)
+            return
         check_lr(X, self.spec.lr, norm if self.spec.normalize else 1.0, on_diverge)
 
     def _precision_estimate(self, X, y, x_query, norm) -> torch.Tensor:

@@ -390,6 +390,19 @@ class _Final(nn.Module):
         self.hook_normalized = HookPoint()
 
 
+class _CountingSink:
+    """Passes each residual stream on to ``sink.append`` and counts them (:meth:`Transformer.run_streams`)."""
+
+    __slots__ = ("sink", "n")
+
+    def __init__(self, sink):
+        self.sink, self.n = sink, 0
+
+    def append(self, h: torch.Tensor) -> None:
+        self.n += 1
+        self.sink.append(h)
+
+
 class Transformer(HookedMixin, nn.Module):
     """Read-in, a stack of layers, read-out.  ``forward(tokens) -> (B, N, d_out)``."""
 
@@ -409,6 +422,7 @@ class Transformer(HookedMixin, nn.Module):
         self.hook_embed = HookPoint()
         self.ln_final = _Final()
         self._hook_dict = name_hook_points(self)
+        self._keep = None  # set by run_streams: forward hands each residual stream to its append()
 
     def _hook_host(self) -> nn.Module:
         return self
@@ -464,15 +478,20 @@ class Transformer(HookedMixin, nn.Module):
             raise ValueError(
                 f"tokens must have shape (B, N, {self.cfg.d_in}), got {tuple(tokens.shape)}"
             )
+        keep = self._keep
         r = self.hook_embed(self.embed(tokens))  # (B, P+N, D)
+        if keep is not None:
+            keep.append(r.detach())
         if key_mask is not None and self.prefix is not None:
             pre = torch.ones(key_mask.shape[0], self.cfg.n_prefix, dtype=torch.bool, device=key_mask.device)
             key_mask = torch.cat([pre, key_mask], dim=1)
         ctx = _AttnCtx(self.cfg, r.shape[1], key_mask, r.dtype, r.device)
-        trim = read is not None and self._trims(key_mask)
+        trim = read is not None and keep is None and self._trims(key_mask)
         last = self.cfg.n_layers - 1
         for i, (layer, b) in enumerate(zip(self.layers, self.cfg.layer_schedule)):
             r = layer(r, self.blocks[b], ctx, read if trim and i == last else None)
+            if keep is not None:
+                keep.append(r.detach())
         if read is not None and not trim:
             r = r[:, read]
         if self.ln_f is not None:
@@ -481,16 +500,35 @@ class Transformer(HookedMixin, nn.Module):
         return linear(r, self.W_out.t(), self.b_out)  # (B, P+N or n, d_out)
 
     # ------------------------------------------------------------------ hooks
+    def run_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None, sink) -> torch.Tensor:
+        """``self(tokens, key_mask)`` (the read-out (B, P+N, d_out)), handing the residual stream after
+        the read-in and after every layer to ``sink.append`` as the loop produces it: L + 1 detached
+        tensors (B, P+N, D), what the hooks ``hook_embed`` / ``blocks.{l}.hook_resid_post`` see
+        (attached hooks still run; a subclass's ``forward`` is called as usual), without hook
+        machinery.  ``sink``: a list, or anything with ``append`` (e.g. a checker that reads each
+        stream while it is still in cache and keeps none of them).
+        """
+        counted = _CountingSink(sink)
+        outer, self._keep = self._keep, counted  # a run nested in a hook keeps its own sink
+        try:
+            out = self(tokens, key_mask)
+        finally:
+            self._keep = outer
+        if counted.n != self.cfg.n_layers + 1:  # e.g. a subclass that runs the stack twice
+            raise RuntimeError(f"forward produced {counted.n} residual streams, expected {self.cfg.n_layers + 1}")
+        return out
+
     def residual_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
                          return_output: bool = False, stack: bool = True):
         """Residual stream after the read-in and after every layer: (L+1, B, P+N, D).
 
         ``return_output=True`` gives ``(streams, out)`` with the read-out of the same run;
         ``stack=False`` gives the L + 1 streams as a list (no copy into one tensor).
+        The streams are what ``run_with_cache`` caches at ``hook_embed`` and
+        ``blocks.{l}.hook_resid_post`` (attached hooks still run, and a subclass's ``forward`` is
+        called as usual), collected by the forward loop itself instead of through cache hooks.
         """
-        L = self.cfg.n_layers
-        want = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
-        out, cache = self.run_with_cache(tokens, key_mask, names_filter=want)
-        streams = [cache[n] for n in want]
+        streams: list[torch.Tensor] = []
+        out = self.run_streams(tokens, key_mask, streams)
         streams = torch.stack(streams) if stack else streams
         return (streams, out) if return_output else streams

@@ -25,6 +25,7 @@ def test_target_ratios_are_quotients_of_this_runs_medians(quick):
         assert v["accuracy"]["auto_vs_loop"] <= 1e-12
     ve = t["verify"]
     assert ve["ratio"] == pytest.approx(ve["seconds"]["verify_model"] / ve["seconds"]["forward"], rel=1e-12)
+    assert ve["ratio_alpha_ignore"] == pytest.approx(ve["seconds"]["verify_model"] / ve["seconds"]["forward_alpha_ignore"], rel=1e-12)
     assert ve["verify_passed"]
     assert max(t["heatmap_sweep"]["accuracy"].values()) <= 1e-10
     assert set(t["met"].values()) <= {True, False} and len(t["met"]) == 5

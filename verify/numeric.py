@@ -438,14 +438,12 @@ def _newton_norms(ev: torch.Tensor, alpha: float, k: int) -> torch.Tensor:
     M_j is a polynomial in S, so ‖M_j‖₂ = max_i |m_j(λ_i)| with m_j(λ) = e_j/λ, e_0 = αλ²,
     e_{j+1} = e_j(2 − e_j) (= 1 − (1 − αλ²)^(2^j)): O(k·d) per prompt instead of k + 1 SVDs.
     """
-    e, norms = alpha * ev * ev, []
+    es = [alpha * ev * ev]
+    for _ in range(k):
+        es.append(es[-1] * (2 - es[-1]))
     nz = ev != 0
     safe_ev = torch.where(nz, ev, torch.ones_like(ev))
-    for j in range(k + 1):
-        if j:
-            e = e * (2 - e)
-        norms.append(torch.where(nz, e / safe_ev, torch.zeros_like(ev)).abs().amax(-1))
-    return torch.stack(norms)
+    return torch.where(nz, torch.stack(es) / safe_ev, torch.zeros_like(ev)).abs().amax(-1)  # (k+1, B)
 
 
 def _adaptive_slots(spec, X, x_query, S, xs, R: int, a, v_bd, base, zd, z1):
@@ -467,9 +465,41 @@ def _adaptive_slots(spec, X, x_query, S, xs, R: int, a, v_bd, base, zd, z1):
     return one, v, parked, tau_s, alpha_s, bounds
 
 
-def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch.Tensor | None = None) -> _Reference:
+def _null_fraction(Sn: torch.Tensor, Z: torch.Tensor, zmax: torch.Tensor, ev_S: torch.Tensor | None = None) -> torch.Tensor:
+    """max_t ‖P_null z_t‖ / max_t ‖z_t‖ per prompt (B,): P_null projects onto the eigenvectors of Sn
+    whose eigenvalue is ≤ d·eps·λ_max (numerically zero).
+
+    The eigenvectors (one ``eigh``) are needed only on prompts that have such an eigenvalue.
+    ``ev_S``: eigenvalues of S (Sn up to a positive factor) from an earlier ``eigvalsh``; a prompt
+    whose smallest one exceeds 1000× the threshold cannot have a numerically zero eigenvalue in
+    ``eigh`` either (both are backward stable: their eigenvalues differ by O(d·eps·λ_max)), so
+    its null fraction is 0 without an ``eigh``; the others get exactly the ``eigh`` computation.
+    """
+    B, d = Sn.shape[0], Sn.shape[-1]
+    out = torch.zeros(B, dtype=F64)
+    if ev_S is None:
+        idx = None
+    else:
+        near = ev_S[:, 0] <= 1000.0 * d * EPS64 * ev_S[:, -1].clamp(min=0)  # (B,)
+        if not bool(near.any()):
+            return out
+        idx = torch.nonzero(near).flatten()
+        Sn, Z, zmax = Sn[idx], Z[idx], zmax[idx]
+    ev_n, Q_n = torch.linalg.eigh(Sn)  # (B', d), (B', d, d)
+    nul = ev_n <= d * EPS64 * ev_n[:, -1:].clamp(min=0)  # (B', d)
+    frac = ((Z @ Q_n) * nul[:, None, :]).norm(dim=-1).max(dim=1).values / zmax.clamp(min=1e-300)  # (B',)
+    if idx is None:
+        return frac
+    out[idx] = frac
+    return out
+
+
+def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch.Tensor | None = None,
+               a_ada: torch.Tensor | None = None) -> _Reference:
     """Expected residual streams and rounding bounds, from the prompt and ``model.spec`` only (float64).
-    ``ev_S``: the eigenvalues of S = XᵀX + λI if the caller has them (reused when S is not scaled)."""
+    ``ev_S``: the eigenvalues (B, d) of S = XᵀX + λI if the caller has them (reused for the bounds
+    when S is not scaled, and to skip the null-space eigh on full-rank prompts); ``a_ada``: an
+    adaptive model's ``model.alpha_of(X)`` if the caller has it."""
     spec, layout = model.spec, model.layout
     X, y, x_query = (t.to(F64) for t in (X, y, x_query))
     B, n, d = X.shape
@@ -491,7 +521,7 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     Sn = S / N if spec.normalize else S  # what the network's sums compute
     steps = model.newton_step_after_layer
     # α: the fixed weight, or (adaptive) the independent float64 mirror of the in-network α
-    a = model.alpha_of(X) if ada else spec.alpha
+    a = (model.alpha_of(X) if a_ada is None else a_ada) if ada else spec.alpha
     # every iterate M_0..M_k in k matrix steps (one recurrence, not k + 1 separate ones)
     Ms = ref.newton_matrices(Sn, spec.k, a)  # (k+1, B, d, d): M_j on Sn
     alpha_eff = a if ada else (spec.alpha / N ** 2 if spec.normalize else spec.alpha)
@@ -510,7 +540,8 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     zmax = Z.norm(dim=-1).max(dim=1).values  # (B,)
     xy = (X.norm(dim=-1) * y.abs()).sum(1)  # Σ_l |x_l||y_l|  (B,)
     base = BOUND_C * unit * (N + d)
-    u_bound = [base * 2.0 ** (j + 1) * G[j] * zmax for j in range(spec.k + 1)]
+    pow2 = torch.tensor([base * 2.0 ** (j + 1) for j in range(spec.k + 1)], dtype=F64)  # exact: powers of 2
+    u_bound = (pow2[:, None] * G * zmax).unbind(0)  # k+1 × (B,)
     read = base * (2.0 ** (spec.k + 1) * G[spec.k] + norm_M[spec.k]) * xy / (N if spec.normalize else 1)
     pred_bound = read * x_query.norm(dim=-1)
     zero = torch.zeros(B, dtype=F64)
@@ -537,13 +568,13 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     # range(S) (the query when rank S < d) carries ≈ 2^j·u·‖z_null‖ of junk that the exact M_j z lacks.
     # The first-order bound's 2^(j+1) term covers it; it applies, scaled by the null fraction of z,
     # whatever condition_aware says.  Full-rank S: null_frac = 0, nothing changes.
-    ev_n, Q_n = torch.linalg.eigh(Sn)  # (B, d), (B, d, d)
-    nul = ev_n <= d * EPS64 * ev_n[:, -1:].clamp(min=0)  # (B, d)
-    null_frac = ((Z @ Q_n) * nul[:, None, :]).norm(dim=-1).max(dim=1).values / zmax.clamp(min=1e-300)  # (B,)
+    null_frac = _null_fraction(Sn, Z, zmax, ev_S)  # (B,)
     fl = [{}]
     L = len(steps)
-    U = Z @ Ms.transpose(-1, -2)  # (k+1, B, T, d): M_j z for every j in one batched product
-    SMZ = Z @ (Sn @ Ms).transpose(-1, -2) if has_c else None  # (k+1, B, T, d): S M_j z
+    # (k+1, B, T, d): M_j z for every j in one batched product (einsum: one bmm against all M_jᵀ
+    # side by side; ``Z @ Ms.transpose(-1, -2)`` broadcasts into k+1 times as many small products)
+    U = torch.einsum("btf,jbef->jbte", Z, Ms)
+    SMZ = torch.einsum("btf,jbef->jbte", Z, Sn @ Ms) if has_c else None  # (k+1, B, T, d): S M_j z
     for i, j in enumerate(steps):
         s = dict(base_slots)
         bd = dict(x=zero, xq=zero, y=zero)
@@ -572,9 +603,10 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
                 c = SMZ[j]  # S M_j z
                 bd["c"] = u_bound[j] * norm_S
             s["c"] = c
-        out = torch.zeros(B, T, 1, dtype=F64)
+        out = z1  # the read-in's zero tensor: _StreamCheck compares the unchanged slots in one pass
         bd["out"] = zero
         if i == L - 1:
+            out = torch.zeros(B, T, 1, dtype=F64)
             if spec.form == "merged":  # the read-out's query reads u, c: every token gets z_tᵀ M_k Xᵀy
                 w_k = (M_eff @ b[..., None])[..., 0]  # (B, d)
                 out[..., 0] = torch.einsum("btd,bd->bt", Z, w_k)
@@ -743,6 +775,88 @@ def _max_abs(got: torch.Tensor, want: torch.Tensor, finite: bool = False) -> tup
     return m, (None if m == 0 else divmod(flat, diff.shape[1]))
 
 
+class _StreamCheck:
+    """Compares each residual stream with the reference while the forward loop produces it.
+
+    A sink for :meth:`construct.transformer.Transformer.run_streams`: ``append(h)`` receives the
+    stream after the read-in, then after each layer, and records per slot ``(max_abs, where)``
+    exactly as :func:`_max_abs` defines them (largest |network − expected| over prompts, tokens and
+    the slot's coordinates; ``where`` = the first (prompt, token) holding it in row-major order,
+    None when it is 0; NaN/inf in the stream reported as NaN/inf at the first such entry).  The
+    stream is read while still in cache and not kept.
+
+    Slots whose expected tensor is the read-in's own (x, xq, y and the empty ones: the same
+    object in ``wants``) are checked against one full-width copy of the read-in's expected stream,
+    adjacent ones in a single ``torch.equal``; only a slot that differs gets |network − expected|
+    and its location.  :meth:`scale` gives max |expected| of a slot, computed for the differing
+    slots while their expected tensor is in cache.
+    """
+
+    def __init__(self, wants: list[dict[str, torch.Tensor]], slices: dict[str, slice]):
+        self.wants, self.rows = wants, []
+        self.order = sorted(slices.items(), key=lambda kv: kv[1].start)  # [(slot, columns)] left to right
+        first = wants[0]
+        B, T = next(iter(first.values())).shape[:2]
+        width = max((sl.stop for sl in slices.values()), default=0)
+        self.E0 = torch.zeros(B, T, width, dtype=F64)  # (B, T, D) the read-in's expected stream
+        for slot, sl in self.order:
+            self.E0[..., sl] = first[slot]
+        self._scale: dict[int, tuple[torch.Tensor, float]] = {}  # id -> (tensor kept alive, max |entry|)
+        self._runs: dict[tuple[bool, ...], list] = {}
+        self._buf: dict[tuple, torch.Tensor] = {}  # scratch |difference| per slot shape, reused by every layer
+
+    def _plan(self, same: tuple[bool, ...]) -> list[tuple[slice | None, list]]:
+        """Column runs of adjacent slots expected as at the read-in (``slice``), and lone slots (None)."""
+        if same not in self._runs:
+            plan, run = [], []
+            for (slot, sl), s in zip(self.order, same):
+                if s and run and run[-1][1].stop == sl.start:
+                    run.append((slot, sl))
+                    continue
+                if run:
+                    plan.append((slice(run[0][1].start, run[-1][1].stop), run))
+                run = [(slot, sl)] if s else []
+                if not s:
+                    plan.append((None, [(slot, sl)]))
+            if run:
+                plan.append((slice(run[0][1].start, run[-1][1].stop), run))
+            self._runs[same] = plan
+        return self._runs[same]
+
+    def append(self, h: torch.Tensor) -> None:
+        li = len(self.rows)
+        if li >= len(self.wants):
+            raise RuntimeError(f"model returned more than the {len(self.wants)} residual streams expected")
+        want = self.wants[li]
+        got = h.to("cpu", F64)  # (B, T, D)
+        T = got.shape[1]
+        res = {}
+        for cols, group in self._plan(tuple(want[slot] is self.wants[0][slot] for slot, _ in self.order)):
+            if cols is not None and torch.equal(got[..., cols], self.E0[..., cols]):
+                res.update((slot, (0.0, None)) for slot, _ in group)
+                continue
+            for slot, sl in group:
+                g, w = got[..., sl], want[slot]
+                if g.numel() == 0 or torch.equal(g, w):  # no difference anywhere: nothing to locate
+                    res[slot] = (0.0, None)
+                    continue
+                buf = self._buf.get(g.shape)
+                if buf is None:
+                    buf = self._buf[g.shape] = torch.empty(g.shape, dtype=F64)
+                m = torch.sub(g, w, out=buf).abs_().amax(-1).view(-1)  # (B·T,)
+                self.scale(w)  # while w is in cache
+                i = int(m.argmax())  # first largest (b, t)
+                ma = float(m[i])
+                res[slot] = (ma, None if ma == 0 else divmod(i, T)) if math.isfinite(ma) else _max_abs(g, w)
+        self.rows.append(res)
+
+    def scale(self, w: torch.Tensor) -> float:
+        """max |w| (0 if empty), once per tensor: unchanged slots share one tensor across layers."""
+        if id(w) not in self._scale:
+            self._scale[id(w)] = (w, float(w.abs().max()) if w.numel() else 0.0)
+        return self._scale[id(w)][1]
+
+
 def _rel(max_abs: float, scale: float) -> float:
     if math.isnan(max_abs):
         return math.nan
@@ -850,61 +964,45 @@ def verify_model(
     alpha_eff = a_ada if spec.adaptive else torch.full((B,), spec.alpha / (N ** 2 if spec.normalize else 1.0), dtype=F64)
     contraction = _contraction(S, alpha_eff, math.log2(model.residual_power), ev)  # |1 − α_eff s²|^P
 
-    with torch.no_grad():
-        # one network run: the streams and the prediction (its read-out) come from the same pass
-        streams, pred = model.residual_streams(X, y, x_query, return_prediction=True, stack=False,
-                                              check_alpha="ignore", check_precision="ignore")  # judged below
-        streams, pred = [h.to("cpu", F64) for h in streams], pred.to("cpu", F64)  # L+1 × (B, N, D), (B,)
     if spec.form == "hyperpower":
         refr = _reference_hyper(model, X64, y64, q64, unit)
         desc = _describe_hyper(spec, model.residual_power_after_layer)
     else:
-        refr = _reference(model, X64, y64, q64, unit, ev)
+        refr = _reference(model, X64, y64, q64, unit, ev, a_ada if spec.adaptive else None)
         desc = _describe(spec, model.layer_names, model.newton_step_after_layer)
-    if len(streams) != len(refr.streams):
-        raise RuntimeError(f"model returned {len(streams)} residual streams, expected {len(refr.streams)}")
+    layout = model.layout
+    slices = {slot: layout[slot] for slot in layout.names}
+    check = _StreamCheck(refr.streams, slices)
+    with torch.no_grad():
+        # one network run: each residual stream is compared as the loop produces it, and the
+        # prediction is the same run's read-out.  The prompt is validated above and α / precision
+        # are judged here, so the transformer runs directly (no second validation, no guards)
+        out = model.transformer.run_streams(model.encode(X, y, x_query), None, check)
+    pred = out[:, -1, 0].to("cpu", F64)  # (B,)
+    if len(check.rows) != len(refr.streams):
+        raise RuntimeError(f"model returned {len(check.rows)} residual streams, expected {len(refr.streams)}")
     names = ["read-in"] + model.layer_names
 
     def tol(bound: float) -> float:
         return max(rtol, bound) if condition_aware else rtol
 
     rows = []
-    layout = model.layout
-    # NaN/inf anywhere makes the sum non-finite (so can overflow; then the slots are scanned one
-    # by one, which finds the truth): one cheap pass instead of an isfinite scan per slot
-    finite = math.isfinite(sum(float(h.sum()) for h in streams))
-    slices = {slot: layout[slot] for slot in layout.names}
-    T_all = streams[0].shape[1]
-    wmax_of: dict[int, tuple[torch.Tensor, list[float]]] = {}  # id -> (tensor kept alive, per-coordinate max)
-    for li, (got, want, bnd, words) in enumerate(zip(streams, refr.streams, refr.bounds, desc)):
-        if finite:  # the whole stream at once: per coordinate, the largest deviation and where
-            diff = got.clone()  # (B, T, D), becomes |network − expected|
-            wmax = [0.0] * got.shape[-1]  # per coordinate max |expected|
-            for slot, sl in slices.items():
-                w = want[slot]
-                diff[..., sl] -= w
-                if id(w) not in wmax_of:  # unchanged slots share one tensor across layers
-                    wmax_of[id(w)] = (w, w.abs().reshape(-1, sl.stop - sl.start).amax(0).tolist())
-                wmax[sl] = wmax_of[id(w)][1]
-            dmax, didx = diff.abs_().reshape(-1, got.shape[-1]).max(0)  # (D,), flat (b, t) index
-            dmax, didx = dmax.tolist(), didx.tolist()
-            stream_scale = max(wmax)
-        else:
-            stream_scale = max(float(w.abs().max()) for w in want.values())
-        for slot, sl in slices.items():
-            if finite:
-                scale = max(wmax[sl]) or stream_scale
-                c = max(range(sl.start, sl.stop), key=dmax.__getitem__)
-                ma = dmax[c]
-                where = None if ma == 0 else divmod(didx[c], T_all)
-            else:
-                w = want[slot]
-                scale = float(w.abs().max()) or stream_scale
-                ma, where = _max_abs(got[..., sl], w)
+    max_of: dict[int, tuple[torch.Tensor, float]] = {}  # id -> (tensor kept alive, max)
+
+    def bmax(t: torch.Tensor) -> float:  # bounds are shared across layers and slots too
+        if id(t) not in max_of:
+            max_of[id(t)] = (t, float(t.max()))
+        return max_of[id(t)][1]
+
+    for li, (want, bnd, words) in enumerate(zip(refr.streams, refr.bounds, desc)):
+        stream_scale = max(check.scale(w) for w in want.values())
+        for slot in slices:
+            ma, where = check.rows[li][slot]
+            scale = check.scale(want[slot]) or stream_scale
             mr = _rel(ma, scale)
-            bound = _rel(float(bnd[slot].max()), scale)
+            bound = _rel(bmax(bnd[slot]), scale)
             fl = refr.floors[li].get(slot) if li < len(refr.floors) else None
-            floor = 0.0 if fl is None else _rel(float(fl.max()), scale)
+            floor = 0.0 if fl is None else _rel(bmax(fl), scale)
             ok = mr <= max(tol(bound), floor if math.isfinite(floor) else 0.0)
             rows.append(SlotError(li - 1, names[li], slot, words[slot], ma, mr, scale, bound,
                                   _token_name(where, P, n, B), bool(ok), floor))

@@ -357,14 +357,15 @@ def _newton_iterates(S: torch.Tensor, a: torch.Tensor, k: int, keep: bool) -> to
     """M_k (or all of M_0..M_k stacked when ``keep``) for validated S (..., d, d), α (...)."""
     batch, d = S.shape[:-2], S.shape[-1]
     S3 = S.reshape(-1, d, d)
+    if keep:  # every iterate written straight into its slot of the result (no stacking copy)
+        Ms = S3.new_empty(k + 1, *S3.shape)  # (k+1, P, d, d)
+        torch.mul(a.reshape(-1, 1, 1), S3, out=Ms[0])
+        for j in range(k):
+            torch.baddbmm(Ms[j], torch.bmm(Ms[j], S3), Ms[j], beta=2.0, alpha=-1.0, out=Ms[j + 1])  # = _newton_step
+        return Ms.reshape(k + 1, *batch, d, d)
     M = a.reshape(-1, 1, 1) * S3  # (P, d, d)
-    Ms = [M] if keep else None
     for _ in range(k):
         M = _newton_step(M, S3)
-        if keep:
-            Ms.append(M)
-    if keep:
-        return torch.stack(Ms).reshape(k + 1, *batch, d, d)
     return M.reshape(*batch, d, d)
 
 
