@@ -7,10 +7,10 @@ output, MLP in/out, read-out) goes through :func:`linear`.  When autograd record
 Both compute ``y = x Wᵀ + b`` in float32 arithmetic; only the summation order differs, so the
 results agree to float32 round-off (tested against float64: relative 1e-6 and below).
 
-Why: on this project's AMD EPYC (Zen 5, AVX-512), at one thread and the training shapes, MKL's
-sgemm runs at about 105 GFLOP/s, the AVX2 rate (MKL chooses its code path by CPU vendor), and
-oneDNN's, which chooses by instruction set, at about 230 GFLOP/s
-(``python -m benchmarks.perf_network`` reports both).  On Intel CPUs both libraries use AVX-512;
+Why: on this project's AMD EPYC (Zen 5, AVX-512), MKL reports a generic code path
+(``MKL_VERBOSE=1``: "Intel(R) Architecture processors") and oneDNN its ``avx512_core`` kernels
+(``ONEDNN_VERBOSE=1``).  At one thread and the training shapes, MKL's sgemm runs at about
+105 GFLOP/s and oneDNN's at about 230 GFLOP/s (``python -m benchmarks.perf_network`` reports both).  On Intel CPUs both libraries use AVX-512;
 we have not measured the difference there.
 
 Backward: ``dx = dy W`` and ``dW = dyᵀ x`` run on the same kernel; under ``create_graph`` they
