@@ -461,3 +461,18 @@ def test_predict_ignore_skips_the_alpha_eigvalsh_but_adaptive_still_checks_its_r
     ada = build_newton_transformer(4, 3, "adaptive", alpha_range=(-4, 4))
     with pytest.raises(AlphaRangeError):
         ada.predict(X * 1e6, y, xq, check_alpha="ignore", check_precision="ignore")
+
+
+def test_gd_verify_runs_the_network_once():
+    from construct import build_gd_transformer
+
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(3, 7, 4, generator=g, dtype=F64)
+    y = torch.randn(3, 7, generator=g, dtype=F64)
+    xq = torch.randn(3, 4, generator=g, dtype=F64)
+    model = build_gd_transformer(4, 5, 0.02)
+    runs = []
+    model.transformer.register_forward_hook(lambda *a: runs.append(1))
+    rep = verify_model(model, X, y, xq)
+    assert rep.passed and len(runs) == 1 and len(rep.rows) == 6 * len(model.layout.names)
+    assert rep.newton.against == "gd" and rep.newton.max_rel <= 1e-13

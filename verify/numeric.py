@@ -495,11 +495,11 @@ def _null_fraction(Sn: torch.Tensor, Z: torch.Tensor, zmax: torch.Tensor, ev_S: 
 
 
 def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch.Tensor | None = None,
-               a_ada: torch.Tensor | None = None) -> _Reference:
+               a_ada: torch.Tensor | None = None, S: torch.Tensor | None = None) -> _Reference:
     """Expected residual streams and rounding bounds, from the prompt and ``model.spec`` only (float64).
     ``ev_S``: the eigenvalues (B, d) of S = XᵀX + λI if the caller has them (reused for the bounds
     when S is not scaled, and to skip the null-space eigh on full-rank prompts); ``a_ada``: an
-    adaptive model's ``model.alpha_of(X)`` if the caller has it."""
+    adaptive model's ``model.alpha_of(X)``, ``S``: XᵀX + λI (float64), if the caller has them."""
     spec, layout = model.spec, model.layout
     X, y, x_query = (t.to(F64) for t in (X, y, x_query))
     B, n, d = X.shape
@@ -517,7 +517,8 @@ def _reference(model: NewtonTransformer, X, y, x_query, unit: float, ev_S: torch
     xq[:, -1] = x_query
     ys = torch.zeros(B, T, 1, dtype=F64)
     ys[:, P:P + n, 0] = y
-    S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)  # (B, d, d)
+    if S is None:
+        S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)  # (B, d, d)
     Sn = S / N if spec.normalize else S  # what the network's sums compute
     steps = model.newton_step_after_layer
     # α: the fixed weight, or (adaptive) the independent float64 mirror of the in-network α
@@ -853,7 +854,11 @@ class _StreamCheck:
     def scale(self, w: torch.Tensor) -> float:
         """max |w| (0 if empty), once per tensor: unchanged slots share one tensor across layers."""
         if id(w) not in self._scale:
-            self._scale[id(w)] = (w, float(w.abs().max()) if w.numel() else 0.0)
+            v = 0.0
+            if w.numel():
+                lo, hi = torch.aminmax(w)  # one pass, no |w| temporary: max |w| = max(|min w|, |max w|)
+                v = max(abs(float(lo)), abs(float(hi)))
+            self._scale[id(w)] = (w, v)
         return self._scale[id(w)][1]
 
 
@@ -968,7 +973,7 @@ def verify_model(
         refr = _reference_hyper(model, X64, y64, q64, unit)
         desc = _describe_hyper(spec, model.residual_power_after_layer)
     else:
-        refr = _reference(model, X64, y64, q64, unit, ev, a_ada if spec.adaptive else None)
+        refr = _reference(model, X64, y64, q64, unit, ev, a_ada if spec.adaptive else None, S)
         desc = _describe(spec, model.layer_names, model.newton_step_after_layer)
     layout = model.layout
     slices = {slot: layout[slot] for slot in layout.names}
@@ -1083,9 +1088,9 @@ def _verify_gd(model, X, y, x_query, *, rtol, check_ols, check_alpha, condition_
             f"fixed lr={spec.lr:g} diverges on {n_div} of {B} prompt(s): lr_eff*lambda_max(S) = "
             f"{float(ratio.max()):.4g} >= 2, so GD itself diverges. Rebuild with a smaller lr, or pass check_alpha='ignore'."
         )
-    with torch.no_grad():
-        streams = model.residual_streams(X, y, x_query, check_alpha="ignore", check_precision="ignore").to("cpu", F64)
-        pred = model.predict(X, y, x_query, check_alpha="ignore", check_precision="ignore").to("cpu", F64)
+    with torch.no_grad():  # one network run: the streams and the prediction (its read-out) of the same pass
+        streams, pred = model.transformer.residual_streams(model.encode(X, y, x_query), return_output=True, stack=False)
+        streams, pred = [h.to("cpu", F64) for h in streams], pred[:, -1, 0].to("cpu", F64)
 
     S = X64.transpose(1, 2) @ X64
     bvec = (X64.transpose(1, 2) @ y64[..., None])[..., 0]  # (B, d)
