@@ -199,6 +199,8 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
     ill, ill_src = load_ill_model(args.preset, args.ill_checkpoint, model)
     if ill is not None:
         ctx.models_by_kappa[ILL_KAPPA], ctx.model_sources[ILL_KAPPA] = ill, ill_src
+    for name, m, s in ((args.preset, model, src), (f"lstm-{args.preset}", lstm, lsrc), (f"{args.preset}-kappa100", ill, ill_src)):
+        ctx.add_shipped(name, m, s)  # experiments asking for these shipped checkpoints get the loaded ones
     results, timings = {}, {}
     with torch.no_grad():
         for key in bar:

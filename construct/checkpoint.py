@@ -406,7 +406,9 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
     saved_dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
     model = model.to(dtype=saved_dtype)
     if any(p.is_meta for p in model.parameters()):
-        model = model.to_empty(device="cpu")  # allocate only now, at the checked size
+        # allocate only now, at the checked size (torch.empty, not Module.to_empty: its empty_like on
+        # meta tensors goes through torch._refs, whose first use imports sympy, ~0.5 s)
+        model = model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu") if t.is_meta else t)
     model.load_state_dict(state)
     if dtype is not None:
         model = model.to(dtype=dtype)

@@ -155,7 +155,8 @@ class GargRegressor(HookedMixin, SavableModel):
             raise TypeError(f"cfg must be a GargConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self.transformer = Transformer(cfg.transformer_config())
-        self.reset_parameters()
+        if self.transformer.pos.device.type != "meta":  # load_model builds on "meta" (shapes only), then loads the
+            self.reset_parameters()                      # weights: random init there is a no-op that costs ~1 s (it imports torch._dynamo)
 
     # ---------------------------------------------------------------- set-up
     @torch.no_grad()

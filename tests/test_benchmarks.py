@@ -438,3 +438,93 @@ def test_quick_run_accuracy_against_layers(quick_run):
     data = (out / "h_layers" / "layers.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     assert (out / "h_layers" / "layers.csv").read_text().startswith("model,d,n,form,layers,program,nmse_last")
+
+
+# ====================================================================== issue 13.5: the faster --quick
+def test_lean_log_axes_only_thins_wide_default_log_axes():
+    """Wide base-10 log axes lose their minor ticks and get Unicode decade labels; narrow ones,
+    base-2 ones and axes with ticks set by the experiment keep theirs (no axis loses its labels)."""
+    from matplotlib import ticker
+
+    from benchmarks.experiments.common import decade_label, lean_log_axes, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 4, figsize=(8, 2))
+    ax[0].semilogy([1, 2], [1e-6, 1.0])          # 6 decades: lean
+    ax[1].semilogy([1, 2], [0.2, 3.0])           # 1.2 decades: untouched (minor ticks carry the labels)
+    ax[2].loglog([1, 2], [2.0, 1e3], base=2)      # base 2: untouched
+    ax[3].semilogx([1, 1e5], [0, 1])
+    ax[3].set_xticks([1, 100, 10000], ["one", "hundred", "ten thousand"])  # the experiment's own ticks
+    assert lean_log_axes(fig) == 1
+    assert isinstance(ax[0].yaxis.get_minor_locator(), ticker.NullLocator)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax[0].yaxis.get_ticklabels() if t.get_visible() and t.get_text()]
+    assert "10⁻⁶" in labels and "10⁰" in labels
+    assert not isinstance(ax[1].yaxis.get_minor_locator(), ticker.NullLocator)
+    narrow = [t.get_text() for t in ax[1].yaxis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+    assert len(narrow) >= 2, narrow  # still labelled
+    assert not isinstance(ax[2].yaxis.get_minor_locator(), ticker.NullLocator)
+    assert [t.get_text() for t in ax[3].xaxis.get_ticklabels()] == ["one", "hundred", "ten thousand"]
+    plt.close(fig)
+    assert (decade_label(1e-6), decade_label(1.0), decade_label(1e12), decade_label(3.0), decade_label(0.0)) == \
+        ("10⁻⁶", "10⁰", "10¹²", "", "")
+
+
+def test_runner_speed_compare_separates_figures_timings_and_data(tmp_path):
+    """runner_speed.compare: equal data passes, a changed figure is listed apart, a changed number fails."""
+    from benchmarks.runner_speed import compare
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, sec, png, val, ratio in ((a, 1.0, b"\x89PNG-old", 0.5, 2.0), (b, 9.0, b"\x89PNG-new", 0.5, 3.0)):
+        (root / "x").mkdir(parents=True)
+        (root / "x" / "fig.png").write_bytes(png)
+        (root / "x" / "data.json").write_text(json.dumps({"value": val, "timings_s": {"t": sec}}))
+        (root / "x" / "rows.csv").write_text("a,b\n1,2\n")
+        (root / "summary.json").write_text(json.dumps({"meta": {"wall_s": sec}, "experiments": {
+            "x": {"value": val}, "g_perf": {"ratios": {"r": ratio}}}}))
+    res = compare(a, b)
+    assert res["different"] == [] and res["figures_different"] == ["x/fig.png"]
+    assert res["identical"] == 1 and res["identical_but_timings"] == 2
+    (b / "x" / "data.json").write_text(json.dumps({"value": 0.5000000001, "timings_s": {"t": 1.0}}))
+    (b / "x" / "rows.csv").write_text("a,b\n1,3\n")
+    assert compare(a, b)["different"] == ["x/data.json", "x/rows.csv"]
+
+
+def test_load_model_draws_no_random_numbers_and_imports_no_compiler(tmp_path):
+    """Loading a checkpoint builds it on "meta" without GPT-2 init (no global RNG draw, no torch._dynamo
+    or sympy import: that first import cost --quick ~1 s) and still gives the saved weights."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(3)
+    m = GargRegressor(GargConfig(d=3, n_points=6, n_layers=2, n_heads=2, d_model=16))
+    m.save(tmp_path / "ck")
+    code = (
+        "import sys, torch\n"
+        "from construct import load_model\n"
+        "s = torch.get_rng_state()\n"
+        f"m = load_model({str(tmp_path / 'ck')!r})\n"
+        "print(torch.equal(s, torch.get_rng_state()), 'torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False", "False"], out
+    from construct import load_model
+
+    got = load_model(tmp_path / "ck")
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in got.state_dict().items())
+    assert all(p.is_contiguous() and not p.is_meta for p in got.parameters())
+
+
+def test_quick_run_shares_loaded_checkpoints_without_changing_results(quick_run, tmp_path):
+    """The runner hands its loaded checkpoints to ctx.shipped; an experiment run alone (loading
+    them itself) writes the same data files as in the full run."""
+    import contextlib
+    import io
+
+    full, _, _ = quick_run
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert R.run(["--quick", "--out", str(tmp_path), "--no-progress", "--seed", "0", "--only", "m"]) == 0
+    names = sorted(p.name for p in (full / "m_models").iterdir() if p.suffix in (".json", ".csv"))
+    assert names == ["models.json", "steps_per_layer.csv", "table1.csv", "trends.csv"]
+    for name in names:
+        assert (tmp_path / "m_models" / name).read_bytes() == (full / "m_models" / name).read_bytes(), name
