@@ -43,7 +43,9 @@ command.
    ``predict_all`` of a hand-built network against the previous implementation
    (:mod:`construct.reference_forward`), and a ``GargRegressor`` training step against Hugging
    Face ``GPT2Model`` eager at the paper and ``cpu`` shapes (:mod:`benchmarks.perf_network`;
-   thread CPU time, interleaved medians).
+   thread CPU time, interleaved medians), beside its floor: the step's dense GEMMs replayed
+   alone on MKL and on oneDNN, the machine's single-thread sgemm rate, and each variant's
+   achieved GFLOP/s.
 
 Outputs in ``OUT``: ``perf.json``, ``perf.csv`` (section, item, seconds, ratio), ``perf.md``.
 """

@@ -44,7 +44,7 @@ from verify.reference import _prefix_stats, gd_predictions, newton_predictions, 
 POW2_GD_STEPS = [2**i for i in range(13)]  # 1 .. 4096
 
 FULL = {"sweep_B": 320, "newton_B": (64, 320), "loop_prompts": 16, "repeats": 5,
-        "verify": {"d": 20, "n": 40, "k": 10, "B": 64}, "verify_repeats": 7, "scaling_repeats": 3}
+        "verify": {"d": 20, "n": 40, "k": 10, "B": 64}, "verify_repeats": 15, "scaling_repeats": 3}
 QUICK = {"sweep_B": 16, "newton_B": (8, 16), "loop_prompts": 4, "repeats": 2,
          "verify": {"d": 4, "n": 10, "k": 3, "B": 8}, "verify_repeats": 2, "scaling_repeats": 1}
 

@@ -220,8 +220,8 @@ class GargRegressor(HookedMixin, SavableModel):
         if getattr(X, "dim", lambda: 0)() == 3 and X.shape[1] == 0:
             raise ValueError("predict_all needs at least one example (n >= 1)")
         tokens = self._tokens(X, y, self.cfg.n_points)  # (B, 2n, d)
-        out = self.transformer(tokens)  # (B, 2n, 1)
-        return out[:, ::2, 0]  # read at the x tokens: (B, n)
+        out = self.transformer(tokens, read=slice(0, None, 2))  # read at the x tokens: (B, n, 1)
+        return out[..., 0]  # (B, n)
 
     def _hooked_run(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.forward(X, y)

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .dense import linear
 from .hooks import ActivationCache, HookedMixin, HookPoint, act_name, name_hook_points  # noqa: F401  (re-exported)
 
 ATTN_KINDS = ("softmax", "relu", "linear")
@@ -203,7 +204,7 @@ def _linear_in(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torc
     """``F.linear(x, W, b)`` for W (out, in), reading only the input slots W uses."""
     runs = _used_runs(W)
     if runs is None or not x.is_contiguous():
-        return F.linear(x, W, b)
+        return linear(x, W, b)
     x2 = x.reshape(-1, x.shape[-1])  # (B·N, in)
     out = b.expand(x2.shape[0], -1).clone() if b is not None else x2.new_zeros(x2.shape[0], W.shape[0])
     for a0, a1 in runs:  # strided views, no copies: out += x[:, a0:a1] W[:, a0:a1]ᵀ
@@ -234,6 +235,26 @@ class Attention(nn.Module):
         W = torch.cat([self.W_Q, self.W_K, self.W_V], 0)  # (3H, D, Dh)
         b = torch.cat([self.b_Q, self.b_K, self.b_V], 0).reshape(-1) if self.cfg.bias else None
         return W.transpose(1, 2).reshape(-1, W.shape[1]), b
+
+    def forward_at(self, x: torch.Tensor, at: slice, causal: bool) -> torch.Tensor:
+        """Softmax attention output at the query positions ``at`` only (keys and values at all N).
+
+        For the last layer of a read-out at some positions (training); the caller checks that no
+        hook is active and there is no key mask.  x (B, N, D) -> (B, n, D).
+        """
+        B, N, _ = x.shape
+        H, Dh, HD = self.cfg.n_heads, self.cfg.d_head, self.cfg.n_heads * self.cfg.d_head
+        W, b = self.qkv_weight()
+        bq, bkv = (b[:HD], b[HD:]) if b is not None else (None, None)
+        q = linear(x[:, at], W[:HD], bq)  # (B, n, H·Dh)
+        k, v = linear(x, W[HD:], bkv).view(B, N, 2, H, Dh).unbind(2)  # each (B, N, H, Dh)
+        pos = torch.arange(N, device=x.device)
+        mask = pos[None, :] <= pos[at][:, None] if causal else None  # (n, N): key j visible to query i
+        z = F.scaled_dot_product_attention(  # (B, H, n, Dh)
+            q.view(B, -1, H, Dh).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+            scale=self.cfg.score_scale)
+        return linear(z.transpose(1, 2).reshape(B, -1, HD), self.W_O.reshape(HD, -1).t(),  # (B, n, D)
+                      self.b_O if self.cfg.bias else None)
 
     def forward(self, x: torch.Tensor, ctx: _AttnCtx, hk: "AttnHooks") -> torch.Tensor:
         B, N, _ = x.shape  # x (B, N, D)
@@ -273,8 +294,8 @@ class Attention(nn.Module):
             a = hk.hook_pattern(a)
             z = a @ v.transpose(1, 2)  # (B, H, N, Dh)
         z = hk.hook_z(z.transpose(1, 2))  # (B, N, H, Dh)
-        out = z.reshape(B, N, H * Dh) @ self.W_O.reshape(H * Dh, -1)  # (B, N, D)
-        return out + self.b_O if self.cfg.bias else out
+        return linear(z.reshape(B, N, H * Dh), self.W_O.reshape(H * Dh, -1).t(),  # (B, N, D)
+                      self.b_O if self.cfg.bias else None)
 
 
 class MLP(nn.Module):
@@ -295,7 +316,7 @@ class MLP(nn.Module):
             h = hk.hook_post(torch.relu(h) if hk.hook_pre.active else h.relu_())
         else:
             h = hk.hook_post(F.gelu(h, approximate="tanh" if self.act == "gelu_new" else "none"))
-        return F.linear(h, self.W_out.t(), self.b_out if self.bias else None)  # (B, N, D)
+        return linear(h, self.W_out.t(), self.b_out if self.bias else None)  # (B, N, D)
 
 
 class Block(nn.Module):
@@ -341,11 +362,21 @@ class Layer(nn.Module):
             self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, r: torch.Tensor, block: Block, ctx: _AttnCtx) -> torch.Tensor:
+    def hooked(self) -> bool:
+        """Whether any hook of this layer is active."""
+        return any(m.active for m in self.modules() if isinstance(m, HookPoint))
+
+    def forward(self, r: torch.Tensor, block: Block, ctx: _AttnCtx, at: slice | None = None) -> torch.Tensor:
+        """One layer; ``at`` (no hooks, softmax, no key mask): the output only at those positions."""
         r = self.hook_resid_pre(r)  # (B, N, D)
         if block.attn is not None:
             h = block.ln1(r) if block.ln1 is not None else r
-            r = r + self.hook_attn_out(block.attn(h, ctx, self.attn))
+            if at is None:
+                r = r + self.hook_attn_out(block.attn(h, ctx, self.attn))
+            else:  # (B, n, D)
+                r = r[:, at] + block.attn.forward_at(h, at, ctx.sdpa_causal)
+        elif at is not None:
+            r = r[:, at]
         r = self.hook_resid_mid(r)
         if block.mlp is not None:
             h = block.ln2(r) if block.ln2 is not None else r
@@ -407,7 +438,7 @@ class Transformer(HookedMixin, nn.Module):
     # ------------------------------------------------------------------ forward
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Read-in: (B, N, d_in) -> residual (B, P+N, D), prefix tokens first."""
-        r = F.linear(tokens, self.W_in.t(), self.b_in)  # (B, N, D)
+        r = linear(tokens, self.W_in.t(), self.b_in)  # (B, N, D)
         if self.pos is not None:
             N = r.shape[1]
             if N > self.cfg.max_len:
@@ -420,11 +451,29 @@ class Transformer(HookedMixin, nn.Module):
             r = torch.cat([pre, r], dim=1)
         return r
 
-    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _trims(self, key_mask: torch.Tensor | None) -> bool:
+        """Whether a read-out at some positions may run the last layer at those positions only.
+
+        Only while autograd records (training; inference keeps the full last layer, so its
+        results are bit for bit those of a full run), for softmax attention without a key mask,
+        and when no hook of the last layer or the final LayerNorm is active (they would see
+        fewer positions).  The other positions of the last layer feed nothing that is read.
+        """
+        c = self.cfg
+        return (torch.is_grad_enabled() and c.attn == "softmax" and key_mask is None and c.n_layers > 0
+                and not self.layers[-1].hooked() and not self.ln_final.hook_normalized.active)
+
+    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
+                read: slice | None = None) -> torch.Tensor:
         """tokens (B, N, d_in); key_mask (B, N) bool, False hides that token as a key.
 
-        Returns the read-out at every position, (B, P+N, d_out) where P = n_prefix.
+        Returns the read-out at every position, (B, P+N, d_out) where P = n_prefix, or with
+        ``read`` (a slice of those P+N positions) only there, (B, n, d_out).  In training a read
+        slice skips the last layer's queries, attention output and MLP at the other positions
+        (keys and values are still computed everywhere); the values are the same products.
         """
+        if read is not None and not isinstance(read, slice):
+            raise TypeError(f"read must be a slice of token positions, got {type(read).__name__}")
         if tokens.dim() != 3 or tokens.shape[-1] != self.cfg.d_in:
             raise ValueError(
                 f"tokens must have shape (B, N, {self.cfg.d_in}), got {tuple(tokens.shape)}"
@@ -437,14 +486,18 @@ class Transformer(HookedMixin, nn.Module):
             pre = torch.ones(key_mask.shape[0], self.cfg.n_prefix, dtype=torch.bool, device=key_mask.device)
             key_mask = torch.cat([pre, key_mask], dim=1)
         ctx = _AttnCtx(self.cfg, r.shape[1], key_mask, r.dtype, r.device)
-        for layer, b in zip(self.layers, self.cfg.layer_schedule):
-            r = layer(r, self.blocks[b], ctx)
+        trim = read is not None and keep is None and self._trims(key_mask)
+        last = self.cfg.n_layers - 1
+        for i, (layer, b) in enumerate(zip(self.layers, self.cfg.layer_schedule)):
+            r = layer(r, self.blocks[b], ctx, read if trim and i == last else None)
             if keep is not None:
                 keep.append(r.detach())
+        if read is not None and not trim:
+            r = r[:, read]
         if self.ln_f is not None:
             r = self.ln_f(r)
         r = self.ln_final.hook_normalized(r)
-        return F.linear(r, self.W_out.t(), self.b_out)  # (B, P+N, d_out)
+        return linear(r, self.W_out.t(), self.b_out)  # (B, P+N or n, d_out)
 
     # ------------------------------------------------------------------ hooks
     def run_streams(self, tokens: torch.Tensor, key_mask: torch.Tensor | None, sink) -> torch.Tensor:

@@ -151,3 +151,63 @@ def test_probe_streams_of_newton_prefixes_use_the_grouped_prompts():
     assert H.shape == (m.n_layers + 1, 3, 8, m.layout.width)
     out = H[-1][..., m.layout["out"]][..., 0]
     assert _rel(out, reference_predict_all(m, X, y)) < RTOL
+
+
+def _count_forward_at(monkeypatch):
+    from construct.transformer import Attention
+
+    calls = []
+    orig = Attention.forward_at
+    monkeypatch.setattr(Attention, "forward_at", lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+    return calls
+
+
+def test_training_reads_only_the_x_tokens_in_the_last_layer(monkeypatch):
+    """GargRegressor.forward in training runs the last layer at the x tokens only: same outputs and
+    gradients as the previous full forward, float64."""
+    calls = _count_forward_at(monkeypatch)
+    torch.manual_seed(1)
+    m = GargRegressor(GargConfig(d=3, n_points=6, n_layers=3, n_heads=2, d_model=16)).double()
+    X, y = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    res = []
+    for fwd in (lambda: m(X, y), lambda: reference_forward(m.transformer, m._tokens(X, y, 6))[:, ::2, 0]):
+        m.zero_grad()
+        out = fwd()
+        (out - y).pow(2).mean().backward()
+        res.append((out.detach(), torch.cat([p.grad.reshape(-1) for p in m.parameters()])))
+    assert len(calls) == 1  # the trimmed path ran, once (the last layer)
+    assert res[0][0].shape == (4, 5)
+    assert _rel(res[0][0], res[1][0]) < RTOL and _rel(res[0][1], res[1][1]) < 1e-11
+    with torch.no_grad():  # inference keeps the full last layer
+        assert _rel(m.predict_all(X, y), res[1][0]) < RTOL
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("causal,read", [(True, slice(1, None, 3)), (False, slice(0, None, 2)), (True, slice(4, 6))])
+def test_read_slice_with_prefix_and_full_attention_equals_reference(monkeypatch, causal, read):
+    calls = _count_forward_at(monkeypatch)
+    tf = _random_transformer(4, attn="softmax", causal=causal, mlp="gelu", layernorm=True, max_len=9, n_prefix=2)
+    tok = torch.randn(3, 7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).requires_grad_()
+    ref = reference_forward(tf, tok)[:, read]  # (B, n, d_out)
+    (gref,) = torch.autograd.grad(ref.pow(2).sum(), tok)
+    out = tf(tok, read=read)
+    (gout,) = torch.autograd.grad(out.pow(2).sum(), tok)
+    assert len(calls) == 1 and out.shape == ref.shape
+    assert _rel(out, ref) < RTOL and _rel(gout, gref) < 1e-11
+    with torch.no_grad():
+        assert _rel(tf(tok, read=read), ref) < RTOL
+    with pytest.raises(TypeError, match="read must be a slice"):
+        tf(tok, read=[0, 2])
+
+
+def test_read_slice_keeps_the_full_last_layer_when_it_is_hooked(monkeypatch):
+    calls = _count_forward_at(monkeypatch)
+    torch.manual_seed(2)
+    m = GargRegressor(GargConfig(d=3, n_points=6, n_layers=2, n_heads=2, d_model=16)).double()
+    X, y = torch.randn(2, 6, 3, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    shapes = []
+    m.transformer.layers[-1].hook_resid_post.add_hook(lambda act, hook: shapes.append(tuple(act.shape)))
+    out = m(X, y)
+    assert not calls and shapes == [(2, 12, 16)]  # the hook saw every token
+    ref = reference_forward(m.transformer, m._tokens(X, y, 6))[:, ::2, 0]
+    assert _rel(out.detach(), ref.detach()) < RTOL

@@ -231,3 +231,59 @@ def test_perf_network_skips_hf_cleanly_without_transformers(monkeypatch):
          "predict_all": {"config": {"d": 1, "n": 1, "k": 1, "prompts": 1, "prefix_prompts": 1},
                          "seconds": {"old": 1, "new": 1}, "ratio": 1},
          "train": {"smoke": t}}))
+
+
+def test_train_step_flops_count_the_recorded_gemms():
+    """train_step_flops = the FLOPs of HF GPT2Model's recorded mm/addmm/bmm calls; ours (on ATen)
+    records the same dense products without the attention products (SDPA runs them inside)."""
+    import copy
+
+    import torch
+
+    from benchmarks import perf_network as pn
+    from construct.regressor import GargConfig, GargRegressor
+
+    cfg, B = GargConfig(**pn.SHAPES["smoke"]), 3
+    torch.manual_seed(0)
+    m = GargRegressor(cfg).train()
+    X, y = torch.randn(B, cfg.n_points, cfg.d), torch.randn(B, cfg.n_points)
+
+    def flops(model, fwd=lambda mm: mm(X, y)):
+        calls = pn.record_gemms(lambda: ((fwd(model) - y) ** 2).mean().backward())
+        return sum(pn._gemm_flops(n, [s[0] for s in specs if isinstance(s, tuple)]) for n, specs, _ in calls), calls
+
+    full = lambda mm: mm.transformer(mm._tokens(X, y, cfg.n_points))[:, ::2, 0]  # last layer everywhere
+    ours, calls = flops(copy.deepcopy(m), full)
+    N, H, L = cfg.max_len, cfg.n_heads, cfg.n_layers
+    attention = 3 * L * 4 * B * H * N * N * (cfg.d_model // H)
+    assert ours == pn.train_step_flops(cfg, B) - attention
+    assert flops(copy.deepcopy(m))[0] < ours  # the x-token read-out skips part of the last layer
+    hf = pn._hf(copy.deepcopy(m))
+    if hf is not None:
+        assert flops(hf.train())[0] == pn.train_step_flops(cfg, B)
+    for kernel in ("mkl", "onednn"):
+        replay = pn.gemm_replay(calls, kernel)
+        if replay is not None:
+            replay()
+    with pytest.raises(ValueError, match="kernel must be"):
+        pn.gemm_replay(calls, "blas")
+
+
+def test_perf_network_reports_the_gemm_floor(perf_quick):
+    out, _ = perf_quick
+    res = json.loads((out / "perf.json").read_text())
+    net = res["network"]
+    for t in net["train"].values():
+        s, gf = t["seconds"], t["gflops"]
+        assert _finite_pos(s["gemm_floor_mkl"]) and t["flops"]["gemm_calls"] > 0
+        assert gf["ours"] == pytest.approx(t["flops"]["step"] / s["ours"] / 1e9, rel=1e-12)
+        assert gf["gemm_floor_mkl"] == pytest.approx(t["flops"]["dense_gemms"] / s["gemm_floor_mkl"] / 1e9, rel=1e-12)
+        if "hf_gpt2_eager" in s:
+            assert t["ratios"]["hf_gpt2_eager/gemm_floor_mkl"] == pytest.approx(s["hf_gpt2_eager"] / s["gemm_floor_mkl"])
+            assert t["accuracy"]["ours_train_vs_hf_float32"] < 1e-5
+    assert all(_finite_pos(v) for v in net["sgemm"]["gflops"].values())
+    md = (out / "perf.md").read_text()
+    assert "floors:" in md and "Single-thread sgemm" in md
+    with open(out / "perf.csv", newline="") as f:
+        items = {row["item"] for row in csv.DictReader(f) if row["section"] == "train step"}
+    assert {"gemm_floor_mkl", "ours_full_last_layer"} <= items

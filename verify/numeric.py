@@ -787,21 +787,18 @@ class _StreamCheck:
     stream is read while still in cache and not kept.
 
     Slots whose expected tensor is the read-in's own (x, xq, y and the empty ones: the same
-    object in ``wants``) are checked against one full-width copy of the read-in's expected stream,
-    adjacent ones in a single ``torch.equal``; only a slot that differs gets |network − expected|
-    and its location.  :meth:`scale` gives max |expected| of a slot, computed for the differing
-    slots while their expected tensor is in cache.
+    object in ``wants``) and that the previous stream held exactly are compared with the previous
+    stream, still in cache, adjacent ones in a single ``torch.equal`` (exact equality is
+    transitive); any other slot is compared with its expected tensor, and only a slot that
+    differs gets |network − expected| and its location.  :meth:`scale` gives max |expected| of a
+    slot, computed for the differing slots while their expected tensor is in cache.
     """
 
     def __init__(self, wants: list[dict[str, torch.Tensor]], slices: dict[str, slice]):
         self.wants, self.rows = wants, []
         self.order = sorted(slices.items(), key=lambda kv: kv[1].start)  # [(slot, columns)] left to right
-        first = wants[0]
-        B, T = next(iter(first.values())).shape[:2]
-        width = max((sl.stop for sl in slices.values()), default=0)
-        self.E0 = torch.zeros(B, T, width, dtype=F64)  # (B, T, D) the read-in's expected stream
-        for slot, sl in self.order:
-            self.E0[..., sl] = first[slot]
+        self._prev: torch.Tensor | None = None  # the previous stream
+        self._prev_exact: set[str] = set()  # its slots equal to the read-in's expected tensor, exactly
         self._scale: dict[int, tuple[torch.Tensor, float]] = {}  # id -> (tensor kept alive, max |entry|)
         self._runs: dict[tuple[bool, ...], list] = {}
         self._buf: dict[tuple, torch.Tensor] = {}  # scratch |difference| per slot shape, reused by every layer
@@ -828,18 +825,23 @@ class _StreamCheck:
         li = len(self.rows)
         if li >= len(self.wants):
             raise RuntimeError(f"model returned more than the {len(self.wants)} residual streams expected")
-        want = self.wants[li]
+        want, base = self.wants[li], self.wants[0]
         got = h.to("cpu", F64)  # (B, T, D)
         T = got.shape[1]
         res = {}
-        for cols, group in self._plan(tuple(want[slot] is self.wants[0][slot] for slot, _ in self.order)):
-            if cols is not None and torch.equal(got[..., cols], self.E0[..., cols]):
+        prev, exact = self._prev, set()
+        for cols, group in self._plan(tuple(want[slot] is base[slot] for slot, _ in self.order)):
+            if (cols is not None and prev is not None and all(slot in self._prev_exact for slot, _ in group)
+                    and torch.equal(got[..., cols], prev[..., cols])):  # = previous = expected, exactly
                 res.update((slot, (0.0, None)) for slot, _ in group)
+                exact.update(slot for slot, _ in group)
                 continue
             for slot, sl in group:
                 g, w = got[..., sl], want[slot]
                 if g.numel() == 0 or torch.equal(g, w):  # no difference anywhere: nothing to locate
                     res[slot] = (0.0, None)
+                    if w is base[slot]:
+                        exact.add(slot)
                     continue
                 buf = self._buf.get(g.shape)
                 if buf is None:
@@ -850,6 +852,7 @@ class _StreamCheck:
                 ma = float(m[i])
                 res[slot] = (ma, None if ma == 0 else divmod(i, T)) if math.isfinite(ma) else _max_abs(g, w)
         self.rows.append(res)
+        self._prev, self._prev_exact = got, exact
 
     def scale(self, w: torch.Tensor) -> float:
         """max |w| (0 if empty), once per tensor: unchanged slots share one tensor across layers."""
