@@ -412,13 +412,14 @@ def adaptive_alpha_rtol(pl, gamma: int, dtype: torch.dtype) -> float:
     return (kappa * pl.p * gamma + len(b) + 1) * u
 
 
-PROGRAMS = ("newton", "gd")
+PROGRAMS = ("newton", "gd", "reference")
 
 
 def check_precision(estimate: torch.Tensor, dtype: torch.dtype, on_fail: str = "raise", what: str = "prompt",
                     rtol: float | None = None, program: str = "newton") -> torch.Tensor:
     """Raise / warn where ``estimate`` (from :func:`precision_estimate` or :func:`gd_precision_estimate`)
-    exceeds the promised rtol.  ``program``: "newton" (Newton / hyperpower) or "gd", for the message."""
+    exceeds the promised rtol.  ``program``: "newton" (Newton / hyperpower networks), "gd" (GD networks)
+    or "reference" (:mod:`verify.reference`'s float64 recurrences), for the message."""
     if on_fail not in CHECK_MODES:
         raise ValueError(f"check_precision must be one of {CHECK_MODES}, got {on_fail!r}")
     if program not in PROGRAMS:
@@ -435,10 +436,12 @@ def check_precision(estimate: torch.Tensor, dtype: torch.dtype, on_fail: str = "
             cause = ("ill-conditioned S = XᵀX, many Newton steps on slowly converging directions, or alpha close "
                      "to the divergence boundary")
             fix = "fewer steps k, a ridge lam > 0"
+        use = (f"Use {fix}, the closed form (method='spectral' in newton_predictions)" if program == "reference"
+               else f"Use a float64 model, {fix}")
         msg = (
             f"{str(dtype).removeprefix('torch.')} cannot deliver the promised relative accuracy {rtol:g} on "
             f"{int(bad.sum())} {what}(s) (first index {i}): the first-order error bound is "
-            f"{float(estimate.max()):.3g} ({cause}). Use a float64 model, {fix}, or check_precision='ignore' "
+            f"{float(estimate.max()):.3g} ({cause}). {use}, or check_precision='ignore' "
             "to get the number anyway (see construct.precision for the bound)."
         )
         if on_fail == "raise":

@@ -405,8 +405,9 @@ def test_newton_predictions_precision_guard():
     rng = np.random.default_rng(0)
     X = torch.tensor(rng.standard_normal((2, 12, 2)) @ rng.standard_normal((2, 8)))  # rank 2, d = 8
     y = torch.tensor(rng.standard_normal((2, 12)))
-    with pytest.raises(PrecisionError, match="prefix"):
+    with pytest.raises(PrecisionError, match="prefix") as e:
         newton_predictions(X, y, [40, 100], "code", method="batched")
+    assert "method='spectral'" in str(e.value) and "float64 model" not in str(e.value)  # it is float64 already
     with pytest.warns(PrecisionWarning):
         bad = newton_predictions(X, y, [100], "code", method="batched", check_precision="warn")
     ok = newton_predictions(X, y, [40], "code", method="batched")

@@ -433,7 +433,7 @@ def newton_predict(X, y, x_query, k: int, alpha, lam: float = 0.0, on_diverge: s
     if check_precision == "ignore":
         return res
     est = precision_estimate(Xv, yv, qv, a, k, lam=_lam(lam), form="matrix")
-    _chk(est, _F64, check_precision, "prompt")
+    _chk(est, _F64, check_precision, "prompt", program="reference")
     if on_diverge == "raise":
         check_finite("newton_predict", torch.as_tensor(res), "k is so large that round-off overflowed.")
     return res
@@ -764,7 +764,7 @@ def _recurrence_guard(X, y, steps, lam: float, rate, order: int, on_fail: str) -
                                    steps, n=t, order=order, ridge=lam > 0).amax(0)  # (B·n,)
     # a diverging α is on_diverge's business (raised, warned or asked for), not a precision failure
     conv = (a.reshape(-1) * _lmax(S).reshape(-1) ** 2 < 2) & torch.isfinite(est)
-    _chk(torch.where(conv, est, torch.zeros_like(est)), _F64, on_fail, "prefix")
+    _chk(torch.where(conv, est, torch.zeros_like(est)), _F64, on_fail, "prefix", program="reference")
 
 
 def _finite_unless(on_diverge: str, res, name: str):
