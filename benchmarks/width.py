@@ -167,7 +167,7 @@ def constructed_point(X: torch.Tensor, y: torch.Tensor, ols_pp: torch.Tensor, k_
     alpha = float(safe_alpha(X).min())
     ols = nmse_stats(ols_pp, d)
     ks = list(range(k_max + 1))
-    N = newton_predictions(X, y, ks, alpha=alpha, method="batched")  # (K+1, B, n)
+    N = newton_predictions(X, y, ks, alpha=alpha, method="batched", check_precision="warn")  # (K+1, B, n)
     k_found = k_last = None
     for k in ks:
         st = nmse_stats(per_position(N[k], y, d), d)

@@ -12,7 +12,8 @@ from .builder import GDSpec, NewtonSpec, assemble, make_blocks, make_gd_blocks, 
 from .checkpoint import SavableModel, register_kind
 from .layout import ResidualLayout
 from .hooks import HookedMixin
-from .precision import check_finite, check_precision as _check_precision, gd_precision_estimate, precision_estimate
+from .precision import (adaptive_alpha_rtol, check_finite, check_precision as _check_precision, gd_precision_estimate,
+                        precision_estimate)
 from .transformer import Transformer
 from .validate import MODEL_DTYPES, as_tensor, check_dtype, check_prompts
 
@@ -32,6 +33,8 @@ class HandBuiltModel(HookedMixin, SavableModel):
     Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P prefix
     tokens, n train tokens, then the query.
     """
+
+    _program = "newton"  # what construct.precision.check_precision's message names ("gd": GD steps, learning rate)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -71,8 +74,8 @@ class HandBuiltModel(HookedMixin, SavableModel):
         return self.transformer(tokens, key_mask)
 
     # ------------------------------------------------------------------ guards (issue 12)
-    def _precision_args(self, X: torch.Tensor, norm) -> tuple[torch.Tensor, int, str] | None:
-        """(α_eff per prompt, Newton-equivalent k, form) for :func:`construct.precision.precision_estimate`,
+    def _precision_args(self, X: torch.Tensor, norm) -> tuple[torch.Tensor, tuple[int, ...], str] | None:
+        """(α_eff per prompt, step orders, form) for :func:`construct.precision.precision_estimate`,
         or None where no Newton estimate applies (GD overrides :meth:`_precision_estimate`)."""
         return None
 
@@ -84,15 +87,19 @@ class HandBuiltModel(HookedMixin, SavableModel):
         if check_precision != "ignore":
             est = self._precision_estimate(X, y, x_query, norm)
             if est is not None:
-                _check_precision(est, self.dtype, check_precision, what)
+                _check_precision(est, self.dtype, check_precision, what, program=self._program)
 
     def _precision_estimate(self, X, y, x_query, norm) -> torch.Tensor | None:
         """Per-prompt error bound (B,) of :mod:`construct.precision`, or None where none is derived."""
         args = self._precision_args(X, norm)
         if args is None:
             return None
-        a, k, form = args
-        return precision_estimate(X, y, x_query, a, k, lam=getattr(self.spec, "lam", 0.0), dtype=self.dtype, form=form)
+        a, orders, form = args
+        ar = 0.0
+        if getattr(self.spec, "adaptive", False):  # the network computes α itself (construct.precision, 7)
+            ar = adaptive_alpha_rtol(self.spec.pl, X.shape[1] + 1 + self.spec.n_prefix + self.d, self.dtype)
+        return precision_estimate(X, y, x_query, a, len(orders), lam=getattr(self.spec, "lam", 0.0), dtype=self.dtype,
+                                  form=form, orders=orders, alpha_rtol=ar)
 
     def _finite(self, name: str, out: torch.Tensor, check_precision: str) -> torch.Tensor:
         return out if check_precision == "ignore" else check_finite(name, out, _NONFINITE_HINT)
@@ -162,7 +169,8 @@ class HandBuiltModel(HookedMixin, SavableModel):
             visible = t[None, :] < t[:, None]  # (n, n): train token j visible for prefix t iff j < t
             Xm = X[:, None] * visible[None, :, :, None].to(X.dtype)  # (B, n, n, d)
             norm = (t + 1 + self.spec.n_prefix).to(torch.float64).repeat(B)
-            self._guard(Xm.reshape(B * n, n, d), y[:, None].expand(B, n, n).reshape(B * n, n), X.reshape(B * n, d),
+            ym = y[:, None] * visible[None].to(y.dtype)  # (B, n, n): hidden tokens' y is 0 too (per-token terms)
+            self._guard(Xm.reshape(B * n, n, d), ym.reshape(B * n, n), X.reshape(B * n, d),
                         norm, check_alpha, check_precision, "prefix")
         if groups is None:  # attention entries of one full-length layer; ~2^18 of them pay for one call
             work = B * n * (n + 1 + self.spec.n_prefix) ** 2 * self.transformer.cfg.n_heads
@@ -310,12 +318,9 @@ class NewtonTransformer(HandBuiltModel):
         else:
             nrm = torch.as_tensor(norm, dtype=torch.float64) if s.normalize else torch.tensor(1.0, dtype=torch.float64)
             a = s.alpha / nrm**2
-        # hyperpower: residual power 4·3^j; stand-in: the Newton-k estimate with 2^k ≥ P plus the
-        # null-space term of a read-out that reads the query's own u ("matrix"); the fuzz suite
-        # checks it on hyperpower networks too
-        k = max(0, (int(self.residual_power) - 1).bit_length())
-        form = s.form if s.form in ("default", "merged") else "matrix"
-        return a, k, form
+        # hyperpower: one Newton step, j order-3 steps, the read-out's Newton step (residual power 4·3^j)
+        orders = (2,) + (3,) * s.n_order3 + (2,) if s.form == "hyperpower" else (2,) * s.k
+        return a, orders, s.form
 
     def _alpha_of(self, X: torch.Tensor) -> torch.Tensor:
         lo, hi = self.spec.alpha_range
@@ -411,6 +416,8 @@ class GDTransformer(HandBuiltModel):
         self.layout: ResidualLayout = make_gd_layout(spec)
         self.block_specs, self.schedule = make_gd_blocks(spec, self.layout)
         self.transformer: Transformer = assemble(spec, self.layout, self.block_specs, self.schedule)
+
+    _program = "gd"
 
     @property
     def steps(self) -> int:

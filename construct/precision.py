@@ -38,9 +38,83 @@ and m(s) = (1 − (1 − αs²)^(2^k))/s, so M_k = m(S) and w̃_i = m(s_i) b̃_i
    which the non-finite check catches.  The merged read-out reads it: its prediction gets a
    2^k·u²‖x_q‖‖w‖ term (4 below).
 
-The estimate is C·(sum of 1–3, plus 4 for the merged form) / (‖x_q‖‖w_k‖) with C =
-``PRECISION_C``; C is a safety factor over first-order analysis, checked by the fuzz suite
-(tests/test_fuzz.py): no returned prediction may miss rtol.
+5. *Per-token slots* (the networks, not the matrix reference).  Train (and ridge prefix) tokens
+   carry u_l = M z_l, the columns of U = M X̄ᵀ (X̄ = [X; √λI], n + P token columns), and the
+   default read-out is x_qᵀ Û ȳ (ȳ = [y; 0]).  Rounding gives U errors δU of *any* form, not only
+   δM X̄ᵀ: linearising the Newton step u_l ← 2u_l − Σ_m u_m⟨x_m, u_l⟩,
+
+       δU' = 2δU − M S δU − δU H,      H = X̄ M X̄ᵀ (token × token),
+
+   so on a d-eigendirection i (M S = 1 − r_i^P) and a token direction a (H = 1 − r_a^P on the n'
+   directions paired with S's range by the SVD X̄ = Ū Σ Qᵀ, H = 0 off range(X̄), i.e. r_a := 1) the
+   factor is r_i^P + r_a^P — the same form as 1, with the token null space playing the part of
+   S's null space.  Two consequences the matrix analysis (1) cannot see: (i) junk on a d-null row
+   and an off-range token column is **doubled every step** (1 + 1), and the default read-out
+   meets it through x_q's null component and y_⊥ = the part of ȳ off range(X̄) (the least-squares
+   residual, nonzero when n > rank X or with ridge prefix tokens); measured on the fuzz's
+   rank-deficient prompts with n > rank: the relative error grows as 2^k·u (float64, d = 32,
+   n = 5, rank 1, k = 27: 1.5e-10; float32, d = 3, n = 10, k = 21: 4e-3), which the matrix
+   estimate put at 1e-12 / 7e-5; (ii) on range rows it accumulates linearly (factor 1 per step
+   once converged).  The bound: step t injects δU_t with ‖δU_t‖_F ≤ γu·‖U_t‖_F·(the step's term
+   size), ‖U‖_F = (Σ_i s_i m_i²)^½; the later steps multiply its (i, a) component by
+   G_t(i, a) = ∏ |g(r_i^P, r_a^P)|, and the read-out contracts with |x̃_i| and |ỹ_a| (ỹ_a = b̃_a/σ_a
+   on range(X̄), ‖y_⊥‖ for the off-range part — from an SVD of X̄, accurate to u‖ȳ‖, so that an
+   exact y_⊥ = 0 (duplicate tokens with equal y) is not turned into u·κ‖ȳ‖ and doubled 2^k times;
+   the off-range directions are one aggregate direction, they share r_a = 1), so by Cauchy–Schwarz
+   step t's share is ≤ ‖δU_t‖_F·‖(|x̃_i| G_t(i, a) |ỹ_a|)_ia‖_F (computed backwards over the step
+   schedule).  The steps' round-off is independent, so the shares are summed as √(Σ_t share_t²):
+   the random-walk assumption that also gives the √γ below (for a doubling component the first
+   steps dominate either way).  The merged and hyperpower read-outs read U only
+   through c_q = S M x_q (range rows, |c̃_i| ≤ 2|x̃_i|); their query slots' own errors follow 1.
+   The read-out's sum Σ_l ⟨x_q, u_l⟩ y_l is rounded against its terms:
+   γu·‖X̄ M x_q‖·‖y‖ (×3 for the two-part merged read-out) — large against ‖x_q‖‖w‖ when y is
+   mostly y_⊥.
+6. *Order-3 steps* (hyperpower, ``orders``).  M' = 3M − 3MSM + MSMSM has I − SM' = R³ with
+   R = I − SM.  With δR = −S δM, δ(R³) = δR R² + R δR R + R² δR, so an error component between
+   directions with residual factors a, b is multiplied by g₃(a, b) = a² + ab + b² (Newton:
+   g₂(a, b) = a + b): 3 on null-null (or null/off-range) components, 1 on null-range once
+   converged, 0 on converged range-range.  Injected per step: γu·|m|·(3 + 3s|m| + (s|m|)²), the
+   size of the step's terms.  The hyperpower network is one Newton step, j order-3 steps and the
+   read-out's Newton step (residual power 4·3^j).  It replaces a Newton-k stand-in (2^k ≥ 4·3^j
+   Newton steps, matrix form), with which the 10,000-case fuzz found 4 silent float32 hyperpower
+   cases (all with ridge prefix tokens, i.e. y_⊥ ≠ 0, term 5).
+7. *Adaptive α* (``alpha_rtol``).  The network computes α itself: τ̂_p by sums of products
+   (relative error ≤ γ_τ u, γ_τ = p·γ) and the PL function f (:mod:`construct.adaptive`; its K
+   non-negative terms add (K + 1)u).  On the active tangent piece j, τ|f'(τ)|/f(τ) ≤
+   (2/p)(b_j/t_j)^(1+2/p)/g ≤ (2/p)·ρ^(1+2/p)/g =: κ_f (ρ = 2^(p·h) the node ratio, g the PL
+   floor f/φ), so |α̂/α − 1| ≤ ε_α = (κ_f γ_τ + K + 1)u.  The promise is Newton with the exact
+   α = ``model.alpha_of(X)``, and ∂m/∂α·α = P·αs²·r^(P−1)/s, so the term is
+   ε_α·Σ_i |x̃_i|·|P α s_i² r_i^(P−1)/s_i|·|b̃_i| (= ε_α|p| at k = 0, where all of α's error goes
+   into the prediction; → 0 on converged directions).  *Before* (until this term and the fix of
+   the PL unit scaling, :mod:`construct.blocks.trace_alpha`) the float32 α MLP's slopes underflowed
+   for τ_3^(1/3) ≳ 2^25 and the network's α was wrong (down to 0): 27 of the 31 silent float32
+   adaptive cases in 10,000 (the other 4 were term 5).
+
+8. *The query's own slots* (merged and hyperpower read-outs read u_q = M x_q as 2⟨u_q, Xᵀy⟩).  The
+   query is no key, so its slots update like an off-range token column: Newton
+   u_q ← 2u_q − M S u_q gives δu_q' = (1 + r_i^P)·δu_q on direction i (order 3: 1 + r + r²), which
+   does **not** self-correct once converged (factor 1, not 0 as for M itself in 1).  Round-off
+   injected while a direction is far from converged — e.g. the first Newton step at α s² ≈ 2,
+   M₁ = M₀(2 − αs²) with 2 − αs² = 2e-5, relative error 1e5·u — stays in the prediction: float64
+   hyperpower d = n = 1, αs² = 1.99998, k = 23 measured 3e-12 against a bound of 1e-14 without
+   this term.  Bound: √Σ_t (‖δu_q,t‖·‖(G_t(i, ⊥)·2|b̃_i|)_i‖)², ‖δu_q,t‖ ≤ γu·max|m|·‖x_q‖·(term
+   size).
+   (The default form's read-out x_qᵀ Û ȳ uses x_q itself, never its u.)
+
+The estimate is C·(sum of 1–3, plus 4 for the merged form, 5 for the networks, 7 for adaptive α,
+8 for the merged and hyperpower read-outs) / (‖x_q‖‖w_k‖) with C = ``PRECISION_C``; C is a safety
+factor over first-order analysis, checked by the fuzz suite (tests/test_fuzz.py): no returned
+prediction may miss rtol.
+
+*Calibration (Newton and hyperpower networks)*: measured error / estimate on 1,970 valid cases of
+the fuzz strategy drawn outside the fuzz's own sample (non-GD forms, both dtypes, /tmp scripts of
+the fuzz-precision note): max 0.087 (float32, 917 cases; q99 0.028) and 0.069 (float64, 1,053; q99
+0.031), i.e. the bound is ≥ 11× above every measured error; 0 silent. The estimate before terms 5–8
+(and the order-3 gains 6) gave, on the same cases and networks, ratios up to 433 (float32) and 1.8e4
+(float64) and 4 silent cases. The price is caution: median ratio 4e-4; of these valid cases 657
+float32 and 131 float64 are refused although the raw number would have met rtol (before: 548 and
+78). The slack is mostly in the injected sizes (γu·‖terms‖ per step against a measured ≈ u per step
+on the per-token slots).
 
 **GD networks** (:func:`gd_precision_estimate`).  Same promise, w_k the exact k-step GD iterate
 w_k = m_k(S) Xᵀy, m_k(s) = (1 − r^k)/s, r = 1 − η s (η = lr_eff).  The network
@@ -110,33 +184,67 @@ def _m_and_dm(s: torch.Tensor, a: torch.Tensor, k: int) -> tuple[torch.Tensor, t
     return m, dm
 
 
-FORMS = ("default", "merged", "matrix")
+FORMS = ("default", "merged", "matrix", "hyperpower")
+
+
+def _gain(q: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|g_q(a, b)|: the linearised factor of one order-q step on an error component between two
+    directions with residual factors a, b (module doc, 5): a + b (Newton), a² + ab + b² (order 3)."""
+    return (a + b).abs() if q == 2 else (a * a + a * b + b * b).abs()
 
 
 def precision_estimate(X, y, x_query, alpha_eff, k: int, *, lam: float = 0.0, dtype: torch.dtype = F64,
-                       form: str = "default") -> torch.Tensor:
+                       form: str = "default", orders: tuple[int, ...] | None = None,
+                       alpha_rtol: float = 0.0) -> torch.Tensor:
     """First-order bound on the normwise relative error of a Newton prediction (B,).
 
     ``X`` (B, n, d), ``y`` (B, n), ``x_query`` (B, d); ``alpha_eff`` a float or (B,) (α/N² under
     1/N normalisation); ``dtype`` the arithmetic.  ``form``: the network's form ("default",
-    "merged"), or "matrix" for the reference that forms M_k as a matrix
+    "merged", "hyperpower"), or "matrix" for the reference that forms M_k as a matrix
     (:func:`verify.newton_predict`), whose null-null block doubles round-off (term 4) but which
-    has no slot c.  See the module docstring.
+    has no slot c and no per-token slots (term 5).  ``orders``: the orders of the steps after
+    M₀ = αS (2 = Newton, 3 = order-3 hyperpower); None means k Newton steps.  ``alpha_rtol``:
+    relative error of α as the network computes it (adaptive α, :func:`adaptive_alpha_rtol`; 0 for
+    a fixed α, which is exact in the weights).  See the module docstring.
     """
     if form not in FORMS:
         form = "merged"  # unknown (newer) forms: the most conservative estimate
+    orders = tuple(orders) if orders is not None else (2,) * int(k)
+    if any(q not in (2, 3) for q in orders):
+        raise ValueError(f"orders must be 2 (Newton) or 3 (order-3 hyperpower) steps, got {orders!r}")
     X = torch.as_tensor(X).to(F64)
     y = torch.as_tensor(y).to(F64)
-    xq = torch.as_tensor(x_query).to(F64)
     B, n, d = X.shape
+    S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)  # (B, d, d)
+    b = (X.transpose(1, 2) @ y[..., None])[..., 0]  # (B, d)
+    return _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol, X, y)
+
+
+def precision_estimate_stats(S, b, x_query, alpha_eff, steps, *, n, dtype: torch.dtype = F64, order: int = 2,
+                             ridge: bool = False) -> torch.Tensor:
+    """:func:`precision_estimate` for the matrix form (``form="matrix"``) at every step count in
+    ``steps`` at once -> (len(steps), B), from the prompt statistics S = XᵀX + λI (B, d, d) and
+    b = Xᵀy (B, d), with ``n`` (int or (B,)) examples per prompt (``ridge``: λ > 0, d more terms
+    per sum): what :func:`verify.newton_predictions` has for every prefix, without re-forming X.
+    ``order`` 2 (Newton) or 3 (order-3 steps)."""
+    steps = [int(k) for k in steps]
+    S = torch.as_tensor(S).to(F64)
+    return _estimate(S, torch.as_tensor(b).to(F64), x_query, alpha_eff, (order,) * max(steps, default=0), n, dtype,
+                     "matrix", 1.0 if ridge else 0.0, 0.0, None, None, ks=steps)
+
+
+def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol, X, y, ks=None) -> torch.Tensor:
+    """The bound of :func:`precision_estimate` from S (B, d, d) and b (B, d); X, y only for the
+    per-token terms (form != "matrix").  ``ks``: step counts (prefixes of ``orders``) at which to
+    read the bound, giving (len(ks), B); None: after all of ``orders``, (B,)."""
+    xq = torch.as_tensor(x_query).to(F64)
+    B, d = b.shape
     u = float(torch.finfo(dtype).eps) / 2
     a = torch.as_tensor(alpha_eff, dtype=F64).reshape(-1).expand(B)[:, None]  # (B, 1)
-    S = X.transpose(1, 2) @ X + lam * torch.eye(d, dtype=F64)  # (B, d, d)
     s, Q = torch.linalg.eigh(S)  # (B, d), (B, d, d)
     smax = s[:, -1:].clamp(min=0)
     null = s <= d * float(torch.finfo(F64).eps) * smax  # exact zeros of S (module doc, 4)
     s = torch.where(null, torch.zeros_like(s), s)
-    b = (X.transpose(1, 2) @ y[..., None])[..., 0]  # (B, d)
     bn = b.norm(dim=-1, keepdim=True)
     xt = (Q.transpose(1, 2) @ xq[..., None])[..., 0].abs()  # |x̃| (B, d)
     bt = (Q.transpose(1, 2) @ b[..., None])[..., 0].abs()  # |b̃|
@@ -144,61 +252,194 @@ def precision_estimate(X, y, x_query, alpha_eff, k: int, *, lam: float = 0.0, dt
         bt = torch.where(null, torch.zeros_like(bt), bt)  # the network applies M only to x_l ∈ range S
     else:  # M (or the query's u) meets Xᵀy's rounded null component, ≈ u‖b‖
         bt = torch.where(null, torch.maximum(bt, u * bn), bt)
-    gamma = n + 1 + d + (d if lam > 0 else 0)
+    gamma = torch.as_tensor(n, dtype=F64).reshape(-1).expand(B) + 1 + d + (d if lam > 0 else 0)  # (B,)
+    gamma1 = gamma[:, None]
+    tokens = form != "matrix"
+    rng = ~null
+    if tokens:
+        # token side (module doc, 5): X̄ = [X; √λ I] = Ū Σ Qᵀ; ỹ_l = ū_lᵀ ȳ = b̃_l/σ_l on the range, and
+        # the part of ȳ = [y; 0] off range(X̄), ‖y_⊥‖, from a least-squares residual computed directly
+        # (‖y_⊥‖ from an SVD of X̄: orthonormal to round-off, so y_⊥ = 0 (duplicate tokens with equal y, n ≤ rank)
+        # comes out ≈ u‖y‖, not u·κ(X)‖y‖ as from a least-squares residual; the null-row term doubles it 2^k times)
+        sig = s.sqrt()
+        Xb, yb = X, y
+        if lam > 0:
+            Xb = torch.cat([X, math.sqrt(lam) * torch.eye(d, dtype=F64).expand(B, d, d)], 1)  # X̄ (B, n + d, d)
+            yb = torch.cat([y, torch.zeros(B, d, dtype=F64)], 1)
+        Ub, sv, _ = torch.linalg.svd(Xb, full_matrices=False)  # (B, n', r), (B, r)
+        keep = sv * sv > d * float(torch.finfo(F64).eps) * (sv[:, :1] * sv[:, :1])  # range(X̄), as ~null above
+        Ur = Ub * keep[:, None, :].to(F64)
+        yperp = (yb - (Ur @ (Ur.transpose(1, 2) @ yb[..., None]))[..., 0]).norm(dim=-1)  # ‖ȳ off range(X̄)‖
+        yt = torch.where(rng, bt / torch.where(rng, sig, torch.ones_like(sig)), torch.zeros_like(sig))  # |ỹ_l|
+        yn = y.norm(dim=-1)
     x = a * s * s  # (B, d) = α s²
     r = torch.where(null, torch.ones_like(s), 1 - x)  # per-direction residual factor
-    m = torch.zeros_like(s)  # m_0(s) = α s on the range
-    m = a * s
-    # e(i, l): bound on |Q^T (M̂_t − M_t) Q|_il; injected γu·max|m|(2 + s|m|) per step (the terms' size),
-    # propagated by δ ↦ δ(I − S M_t) + (I − M_t S) δ, i.e. ×|r_i^(2^t) + r_l^(2^t)|
+    m = a * s  # m_0(s) = α s on the range
+    one = torch.ones(B, 1, dtype=F64)
+    # e(i, l): bound on |Q^T (M̂_t − M_t) Q|_il; injected γu·(size of the step's terms) per step,
+    # propagated by the linearised step: ×|g_q(r_i^P, r_l^P)| (module doc, 1 and 5)
     e = (gamma * u * m.abs().amax(-1))[:, None, None].expand(B, d, d).clone()
-    g = torch.full_like(s, 2 * gamma * u)  # merged slot c: ×(1 + r_l^(2^t)) per step, injected 2γu
-    rp = r.clone()  # r^(2^t)
-    steps = min(k, 200)
-    for t in range(steps):
-        G = (rp[:, :, None] + rp[:, None, :]).abs()
-        inj = gamma * u * (m.abs() * (2 + s * m.abs())).amax(-1)  # round-off of 2M − MSM: its terms' size
-        m = 2 * m - s * m * m
-        e = G * e + inj[:, None, None]
-        g = (1 + rp.abs()) * g + 2 * gamma * u
-        rp = rp * rp
-    if k > steps:  # beyond 200 steps every r^(2^t) is 0 (range) or 1 (null): closed form
-        R = k - steps
-        nn = null[:, :, None] & null[:, None, :]
-        e = torch.where(nn, e * 2.0 ** min(R, 1100), e + R * 3 * gamma * u * m.abs().amax(-1)[:, None, None])
-        g = torch.where(null, g * 2.0 ** min(R, 1100), g + R * 2 * gamma * u)
-    mk = torch.where(null, torch.zeros_like(m), m)  # m_k(s), 0 on the null space
-    w = mk * bt  # |w̃|
-    wn = w.norm(dim=-1)
+    g = (2 * gamma1 * u).expand(B, d).clone()  # merged slot c: ×(1 + r_l^(2^t)) per step, injected 2γu
+    # eU(i, a): the same for the per-token slots U = [u_l] (module doc, 5): token directions a = the
+    # d range directions (paired by the SVD of X̄) and one for ȳ's part off range(X̄) (factor 1)
+    # The per-token slots (5) and the query's own slots (8) are bounded step by step by the size of
+    # the whole injected error (‖δU_t‖_F, ‖δu_q,t‖), carried to the read-out by the remaining steps'
+    # gains, read by Cauchy–Schwarz (see ``backward``): the schedule of r^P and injections is kept.
+    Un = ((m * m * s).sum(-1)).sqrt()  # ‖U‖_F = ‖M X̄ᵀ‖_F
+    qslots = form in ("merged", "hyperpower")
+    sched = [(None, gamma * u * Un, gamma * u * m.abs().amax(-1))]  # (order, ‖δU‖_F, ‖δu_q‖/‖x_q‖) injected
+    rps = []  # r^P before each step
+    rp = r.clone()  # r^P, P the residual power so far
     xn = xq.norm(dim=-1)
-    err = torch.einsum("bi,bil,bl->b", xt, e, bt)  # recurrence round-off
-    err = err + gamma * u * (xt * mk).sum(-1) * bn[:, 0]  # rounding Xᵀy (module doc, 2)
-    if form == "merged":
-        err = err + xn * (g * w).sum(-1)  # slot c (module doc, 3)
-    scale = xn * wn
-    # every term above carries one factor γ (the worst case, errors of one sign); round-off
-    # accumulates like √γ in practice, which the fuzz suite measures (module doc, "Calibration")
-    err = err / math.sqrt(gamma)
-    est = PRECISION_C * err / torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.where(scale > 0, est, torch.zeros_like(est))
+
+    def backward(wx, wy, wq):
+        """Σ_t ‖δU_t‖_F·‖(wx_i G_t(i, a) wy_a)_ia‖_F + Σ_t ‖δu_q,t‖·‖(G_t(i, ⊥) wq_i)_i‖ with G_t the
+        product of the later steps' factors |g_q(r_i^P, r_a^P)| (token side: range directions paired
+        by the SVD of X̄, then one off-range direction with r = 1; the query's slots are off-range)."""
+        tot = torch.zeros(B, dtype=F64)
+        Gp = torch.ones(B, d, d + 1, dtype=F64)
+        conv = torch.where(null, torch.ones_like(s), torch.zeros_like(s))  # r^P once converged
+        T = len(orders)
+        for t in range(T, -1, -1):
+            q, iU, iq = sched[t] if t < len(sched) else (orders[t - 1], *sched[-1][1:])
+            if t >= len(sched):  # converged tail (beyond 200 steps): terms of size 3 (Newton) / 7 (order 3)
+                iU = gamma * u * Un_k * (3 if q == 2 else 7)
+                iq = gamma * u * mmax_k * (3 if q == 2 else 7)
+            if tokens:  # squared: the steps' round-off is independent, summed as √Σ (module doc, 5)
+                tot = tot + iU.pow(2) * (wx[:, :, None] * Gp * wy[:, None, :]).pow(2).sum((-2, -1))
+            if qslots:
+                tot = tot + (iq * xn).pow(2) * (Gp[:, :, -1] * wq).pow(2).sum(-1)
+            if t == 0:
+                break
+            rpt = rps[t - 1] if t - 1 < len(rps) else conv
+            rpa = torch.cat([rpt, one], -1)
+            Gp = Gp * _gain(orders[t - 1], rpt[:, :, None], rpa[:, None, :])
+        return tot.sqrt()
+
+    def finish(e, g, m, done):
+        """The bound after the steps ``done`` (module doc: read e, g, eU against x̃, b̃, ỹ)."""
+        mk = torch.where(null, torch.zeros_like(m), m)  # m_k(s), 0 on the null space
+        w = mk * bt  # |w̃|
+        wn = w.norm(dim=-1)
+        err = torch.einsum("bi,bil,bl->b", xt, e, bt)  # recurrence round-off
+        err = err + gamma * u * (xt * mk).sum(-1) * bn[:, 0]  # rounding Xᵀy (module doc, 2)
+        if form == "merged":
+            err = err + xn * (g * w).sum(-1)  # slot c (module doc, 3)
+        if tokens or qslots:
+            # default: x_qᵀ Û ȳ reads every row of U; merged / hyperpower read U through c_q = S M x_q
+            # (range rows only, module doc 5) and their query slots as 2⟨u_q, Xᵀy⟩ (module doc, 8)
+            xr = xt if form == "default" else torch.where(null, torch.zeros_like(xt), 2 * xt)
+            ya = torch.cat([yt, yperp[:, None]], -1) if tokens else None  # (B, d + 1)
+            err = err + backward(xr, ya, 2 * bt)
+        if tokens:  # the read-out's sum over tokens (module doc, 5)
+            uxq = (s * mk * mk * xt * xt).sum(-1).sqrt()  # ‖X̄ M x_q‖: the read-out's terms ⟨x_q, u_l⟩
+            err = err + gamma * u * (1 if form == "default" else 3) * uxq * yn
+        if alpha_rtol:  # the network's own α (module doc, 7): ε_α·Σ |x̃_i|·|α ∂m/∂α (s_i)|·|b̃_i|
+            P = 1.0
+            for q in done:
+                P = min(P * q, 1e300)
+            xr = (a * s * s).clamp(max=4.0)
+            rr = torch.where(null, torch.zeros_like(s), (1 - xr).abs())
+            logpow = (P - 1) * torch.log(rr.clamp(min=1e-300)) if P > 1 else torch.zeros_like(s)
+            dlog = P * xr * torch.exp(logpow.clamp(max=700.0)) / torch.where(rng, s, torch.ones_like(s))
+            dlog = torch.where(rng, dlog, torch.zeros_like(dlog))
+            err = err + alpha_rtol * (xt * dlog * bt).sum(-1)
+        scale = xn * wn
+        # every term above carries one factor γ (the worst case, errors of one sign); round-off
+        # accumulates like √γ in practice, which the fuzz suite measures (module doc, "Calibration")
+        err = err / gamma.sqrt()
+        est = PRECISION_C * err / torch.where(scale > 0, scale, torch.ones_like(scale))
+        return torch.where(scale > 0, est, torch.zeros_like(est))
+
+    Un_k = mmax_k = None  # the converged tail's term sizes (backward), set after the loop
+    want = sorted(set(ks)) if ks is not None else [len(orders)]
+    out = {}
+    steps = min(max(want), 200)
+    if (tokens or qslots) and ks is not None:
+        raise ValueError("several step counts at once (ks) are for the matrix form only")
+    if 0 in want:
+        out[0] = finish(e, g, m, ())
+    for t, q in enumerate(orders[:steps]):
+        sm = (s * m.abs()).amax(-1)  # max s|m| = max|1 − r^P| ≤ 2
+        size = (2 + sm) if q == 2 else (3 + 3 * sm + sm * sm)  # the step's terms, over |m| (or ‖U‖)
+        inj = gamma * u * m.abs().amax(-1) * size
+        e = _gain(q, rp[:, :, None], rp[:, None, :]) * e + inj[:, None, None]
+        if q == 2 and form == "merged":
+            g = (1 + rp.abs()) * g + 2 * gamma1 * u
+        if tokens or qslots:
+            rps.append(rp)
+            sched.append((q, gamma * u * Un * size, inj))
+        m = 2 * m - s * m * m if q == 2 else 3 * m - 3 * s * m * m + s * s * m * m * m
+        rp = rp ** q
+        Un = ((m * m * s).sum(-1)).sqrt()
+        if t + 1 in want:
+            out[t + 1] = finish(e, g, m, orders[:t + 1])
+    Un_k, mmax_k = Un, m.abs().amax(-1)
+    for k in want:
+        if k <= steps:
+            continue
+        # beyond 200 steps every r^P is 0 (range) or 1 (null): closed form
+        rest = orders[steps:k]
+        R = len(rest)
+        Rs = sum(3 if q == 2 else 7 for q in rest)  # Σ the converged steps' term sizes (2 + 1, 3 + 3 + 1)
+        log2g = sum(math.log2(q) for q in rest)  # null-null gain 2 (Newton) or 3 (order 3) per step
+        G = 2.0 ** min(log2g, 1100)
+        nn = null[:, :, None] & null[:, None, :]
+        ek = torch.where(nn, e * G, e + (Rs * gamma * u * m.abs().amax(-1))[:, None, None])
+        gk = torch.where(null, g * G, g + R * 2 * gamma1 * u)
+        out[k] = finish(ek, gk, m, orders[:k])
+    if ks is None:
+        return out[len(orders)]
+    return torch.stack([out[k] for k in ks])
+
+
+def adaptive_alpha_rtol(pl, gamma: int, dtype: torch.dtype) -> float:
+    """ε_α: bound on the relative error of an adaptive network's own α (module doc, 7).
+
+    ``pl`` the model's :class:`construct.adaptive.PLAlpha`, ``gamma`` = N + d (terms per sum).
+    κ_f = max over tangent pieces of τ|f'(τ)|/f(τ), taken at the piece's right end (f falls
+    linearly on a piece, so the ratio grows with τ), the last piece cut at the valid range's end.
+    """
+    import numpy as np
+
+    b = np.asarray(pl.kinks)
+    W = np.cumsum(np.asarray(pl.weights)[::-1])[::-1]  # |f'| on piece j = Σ_{i≥j} w_i
+    ends = np.minimum(b, pl.tau_hi)
+    f = pl(ends)
+    ok = f > 0
+    kappa = float(np.max(ends[ok] * W[ok] / f[ok])) if ok.any() else math.inf
+    u = float(torch.finfo(dtype).eps) / 2
+    return (kappa * pl.p * gamma + len(b) + 1) * u
+
+
+PROGRAMS = ("newton", "gd")
 
 
 def check_precision(estimate: torch.Tensor, dtype: torch.dtype, on_fail: str = "raise", what: str = "prompt",
-                    rtol: float | None = None) -> torch.Tensor:
-    """Raise / warn where ``estimate`` (from :func:`precision_estimate`) exceeds the promised rtol."""
+                    rtol: float | None = None, program: str = "newton") -> torch.Tensor:
+    """Raise / warn where ``estimate`` (from :func:`precision_estimate` or :func:`gd_precision_estimate`)
+    exceeds the promised rtol.  ``program``: "newton" (Newton / hyperpower) or "gd", for the message."""
     if on_fail not in CHECK_MODES:
         raise ValueError(f"check_precision must be one of {CHECK_MODES}, got {on_fail!r}")
+    if program not in PROGRAMS:
+        raise ValueError(f"program must be one of {PROGRAMS}, got {program!r}")
     rtol = PROMISED_RTOL[dtype] if rtol is None else rtol
     bad = estimate > rtol
     if bad.any() and on_fail != "ignore":
         i = int(torch.nonzero(bad.reshape(-1))[0])
+        if program == "gd":
+            cause = ("ill-conditioned S = XᵀX, many GD steps on slowly converging directions, or a learning rate "
+                     "close to the divergence boundary (lr_eff·λ_max(S) near 2)")
+            fix = "fewer GD steps, a smaller learning rate"
+        else:
+            cause = ("ill-conditioned S = XᵀX, many Newton steps on slowly converging directions, or alpha close "
+                     "to the divergence boundary")
+            fix = "fewer steps k, a ridge lam > 0"
         msg = (
             f"{str(dtype).removeprefix('torch.')} cannot deliver the promised relative accuracy {rtol:g} on "
             f"{int(bad.sum())} {what}(s) (first index {i}): the first-order error bound is "
-            f"{float(estimate.max()):.3g} (ill-conditioned S = XᵀX, many Newton steps on slowly converging "
-            "directions, or alpha close to the divergence boundary). Use a float64 model, fewer steps k, a "
-            "ridge lam > 0, or check_precision='ignore' to get the number anyway "
-            "(see construct.precision for the bound)."
+            f"{float(estimate.max()):.3g} ({cause}). Use a float64 model, {fix}, or check_precision='ignore' "
+            "to get the number anyway (see construct.precision for the bound)."
         )
         if on_fail == "raise":
             raise PrecisionError(msg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from construct import AlphaDivergenceError, build_newton_transformer, load_model
+from construct.precision import PrecisionWarning
 from construct.adaptive import (
     ALPHA_C, AlphaRangeError, default_range, pl_alpha, pl_function, trace_power,
 )
@@ -156,7 +158,13 @@ def test_float32_model_and_cast_guard():
     m32 = build_newton_transformer(3, 5, "adaptive", dtype=torch.float32)
     assert m32.spec.alpha_range == default_range(torch.float32)
     ref = newton_predict(X, y, xq, 5, m32.alpha_of(X))
-    assert _rel(m32.predict(X.float(), y.float(), xq.float()).double(), ref) <= 1e-4
+    # the precision guard's bound (construct.precision, terms 5 and 7) is 6.5e-4 on prompt 0 (k = 5 leaves
+    # αs² = 0.003 unconverged, whose per-token round-off doubles every step); the raw float32 numbers
+    # meet 1e-4, which is what this test checks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrecisionWarning)
+        got = m32.predict(X.float(), y.float(), xq.float(), check_precision="warn")
+    assert _rel(got.double(), ref) <= 1e-4
     # the cast itself is refused (construct's dtype rule: no weight may underflow or overflow in
     # the target dtype), or, for weights that fit, the prediction names the range problem
     with pytest.raises(ValueError, match="float32 cannot hold|rebuild with dtype=torch.float32"):

@@ -343,3 +343,88 @@ def test_gd_float32_silent_case_now_refused():
             # the float64 bound (2e-10) refuses too, over-cautiously: the raw number meets 1e-10
             raw = float(model.predict(Xt, yt, qt, check_precision="ignore"))
             assert abs(raw - ref64) <= rtol * scale64
+
+
+# ----------------------------------------------------------------------------- regressions (issue 12)
+_REGRESSIONS = Path(__file__).parent / "data" / "fuzz_regressions.json"
+
+
+def _regression(name: str):
+    """A case the 10,000-case slow fuzz found silent (tests/data/fuzz_regressions.json): model, prompt
+    tensors, the longdouble reference (prediction, scale) with the float64 α the promise uses."""
+    f = json.loads(_REGRESSIONS.read_text())[name]
+    dtype = torch.float32 if "float32" in f["dtype"] else torch.float64
+    npdt = np.float32 if dtype == torch.float32 else np.float64
+    X, y, xq = (np.asarray(f[k], dtype=npdt) for k in ("X", "y", "x_query"))
+    model = build_newton_transformer(**f["spec"], dtype=dtype)
+    Xt, yt, qt = (torch.from_numpy(a)[None] for a in (X, y, xq))
+    a = float(model.alpha_of(Xt.double())) if f["spec"]["alpha"] == "adaptive" else f["step"]
+    ref, scale, ratio = ld_power(X, y, xq, model.residual_power, a, f["spec"]["lam"])
+    assert ratio < 2.0
+    return model, (Xt, yt, qt), ref, scale, PROMISED_RTOL[dtype]
+
+
+@pytest.mark.parametrize("name", ["adaptive_f32_alpha_underflow", "adaptive_f32_merged_alpha_underflow"])
+def test_adaptive_float32_alpha_at_large_trace(name):
+    """float32 adaptive α at τ_3^(1/3) ≳ 2^25 (ridge λ ≈ 1e10): the α MLP's slopes underflowed and the
+    network's α was 0 (prediction 100 % off, silent).  With the power-of-two unit scaling
+    (construct.blocks.trace_alpha) the register's α matches alpha_of to float32 round-off and the raw
+    prediction meets 1e-4."""
+    model, (Xt, yt, qt), ref, scale, rtol = _regression(name)
+    streams = model.residual_streams(Xt, yt, qt, check_precision="ignore")
+    reg = model.spec.n_prefix - 1  # the register token
+    a_net = float(streams[-1][0, reg, model.layout["alpha"]].reshape(-1)[0])
+    a64 = float(model.alpha_of(Xt.double()))
+    assert abs(a_net - a64) <= 1e-5 * a64
+    raw = float(model.predict(Xt, yt, qt, check_precision="ignore"))
+    assert abs(raw - ref) <= rtol * scale
+
+
+@pytest.mark.parametrize("name", ["default_f64_token_null", "default_f32_token_null", "hyperpower_f32_ridge"])
+def test_fuzz_silent_cases_now_refused(name):
+    """Silent cases of the 10,000-case fuzz that the precision estimate missed: default form on a
+    rank-deficient prompt with n > rank (per-token round-off on S's null rows and ȳ's off-range part
+    doubles every step: float64 d=32 n=5 k=27 err 1.5e-10, float32 d=3 n=10 k=21 err 4e-3) and a
+    float32 hyperpower network with ridge (err 1.4e-3; the estimate was a Newton-k stand-in).  They
+    raise PrecisionError now, and the raw number really misses the promise."""
+    model, (Xt, yt, qt), ref, scale, rtol = _regression(name)
+    with pytest.raises(PrecisionError, match="cannot deliver"):
+        model.predict(Xt, yt, qt)
+    raw = float(model.predict(Xt, yt, qt, check_precision="ignore"))
+    assert abs(raw - ref) > rtol * scale  # the refusal is needed
+
+
+def test_newton_predictions_precision_guard():
+    """verify.newton_predictions' recurrence paths had only a NaN/inf check: on rank-deficient prefixes
+    the batched recurrence is 1e-2 off at k = 100 (null-null round-off doubled every step).  It raises
+    PrecisionError now (warns with "warn", returns the numbers with "ignore"); k = 40 passes, and the
+    spectral path (closed form, no recurrence) is accurate and unguarded."""
+    from construct.precision import PrecisionWarning
+    from verify.reference import newton_predictions
+
+    rng = np.random.default_rng(0)
+    X = torch.tensor(rng.standard_normal((2, 12, 2)) @ rng.standard_normal((2, 8)))  # rank 2, d = 8
+    y = torch.tensor(rng.standard_normal((2, 12)))
+    with pytest.raises(PrecisionError, match="prefix"):
+        newton_predictions(X, y, [40, 100], "code", method="batched")
+    with pytest.warns(PrecisionWarning):
+        bad = newton_predictions(X, y, [100], "code", method="batched", check_precision="warn")
+    ok = newton_predictions(X, y, [40], "code", method="batched")
+    spec = newton_predictions(X, y, [40, 100], "code", method="spectral")
+    assert torch.allclose(ok[0], spec[0], rtol=0, atol=1e-12 * float(spec.abs().max()))
+    assert float((bad[0] - spec[1]).abs().max()) > 1e-6 * float(spec.abs().max())  # the refusal was needed
+    with pytest.raises(ValueError, match="check_precision"):
+        newton_predictions(X, y, [4], "code", method="batched", check_precision="maybe")
+
+
+def test_gd_precision_message_names_gd():
+    """The PrecisionError of a GD network names GD steps and the learning rate, not Newton / alpha."""
+    X = np.array([[2.076831333397422e-05, -0.31342530250549316, 0.5808823108673096, 0.5895643830299377]])
+    y = np.array([-1.8225784301757812])
+    xq = np.array([0.5775589942932129, 1.6355592012405396, -0.2933378517627716, -0.3600802719593048])
+    model = build_gd_transformer(d=4, steps=4, lr=5.106902313518655, attn="relu", normalize=True, dtype=torch.float32)
+    Xt, yt, qt = (torch.from_numpy(a.astype(np.float32))[None] for a in (X, y, xq))
+    with pytest.raises(PrecisionError) as e:
+        model.predict(Xt, yt, qt)
+    msg = str(e.value)
+    assert "GD steps" in msg and "learning rate" in msg and "Newton" not in msg and "alpha" not in msg

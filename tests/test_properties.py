@@ -23,6 +23,8 @@ import math
 
 import pytest
 import torch
+import warnings
+from construct.precision import PrecisionWarning
 from hypothesis import assume, event, given, note, settings
 from hypothesis import strategies as st
 
@@ -161,7 +163,11 @@ def test_network_converges_to_ols_for_large_k(data):
     N = n + 1 + (d if lam > 0 else 0)
     model = build_newton_transformer(d=d, k=k, alpha=alpha * N * N if normalize else alpha, lam=lam,
                                      normalize=normalize, attn=attn)
-    pred = model.predict(X, y, xq)
+    # the arithmetic is what is tested: the precision guard's first-order bound may exceed 1e-10 on
+    # such prompts (rank-deficient, k up to 60: construct.precision, terms 5 and 8) and would refuse
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrecisionWarning)
+        pred = model.predict(X, y, xq, check_precision="warn")
     ols = ols_predict(X, y, xq, lam=lam)
     ev = torch.linalg.eigvalsh(S)
     nz = ev > d * 100 * 2.2e-16 * ev[-1]

@@ -76,7 +76,10 @@ def test_newton_spectral_matches_batched(alpha, lam):
     # n >> d keeps most prefixes well-conditioned; the first d prefixes are rank-deficient
     X, y = prompts(4, 24, 3, seed=3)
     steps = list(range(0, 16))
-    a = newton_predictions(X, y, steps, alpha, lam=lam, method="batched")
+    # "paper" sits on the divergence boundary: the batched recurrence cannot promise 1e-10 there and its
+    # precision guard says so (construct.precision); compare the raw numbers
+    a = newton_predictions(X, y, steps, alpha, lam=lam, method="batched",
+                           check_precision="ignore" if alpha == "paper" else "raise")
     b = newton_predictions(X, y, steps, alpha, lam=lam, method="spectral")
     # "paper" sits on the divergence boundary (|1 - αλ_max²| = 1): rounding grows like 2^k·eps
     assert rel(b, a) <= (1e-10 if alpha != "paper" else 1e-8)

@@ -183,10 +183,15 @@ def test_inputs_validated_once_per_call(monkeypatch):
     gd_predictions(X, y, [1, 50, 100], "auto", method="spectral", spectrum=sp)
     assert seen == ["X", "y"] * 4 and eig == []
     seen.clear()
-    newton_predictions(X, y, [1, 2], "code", method="batched")  # "code" needs no eigenvalues
+    # (the batched path's precision guard decomposes every prefix once more: check_precision="ignore" here,
+    # the guard has its own test in tests/test_fuzz.py)
+    newton_predictions(X, y, [1, 2], "code", method="batched", check_precision="ignore")  # "code" needs no eigenvalues
     assert seen == ["X", "y"] and eig == []
-    newton_predictions(X, y, [1, 2], 0.001, method="batched")  # one eigvalsh for the check
+    newton_predictions(X, y, [1, 2], 0.001, method="batched", check_precision="ignore")  # one eigvalsh for the check
     assert eig == ["eigvalsh"]
+    seen.clear()
+    newton_predictions(X, y, [1, 2], "code", method="batched")  # with the guard: still validated once
+    assert seen == ["X", "y"]
 
 
 def test_gd_spectral_reuses_lambda_max_and_matches_batched():

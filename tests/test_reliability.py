@@ -122,7 +122,9 @@ def test_float32_precision_guard_refuses_ill_conditioned_prompt():
         m32.predict(X, y, xq)
     with pytest.warns(Warning, match="float32 cannot deliver"):
         m32.predict(X, y, xq, check_precision="warn")
-    build_newton_transformer(d, 30, a).predict(X, y, xq)  # float64 can
+    p64 = build_newton_transformer(d, 30, a).predict(X, y, xq, check_precision="ignore")  # float64 can (raw)
+    assert abs(float(p64[0]) - float(newton_predict(X, y, xq, 30, a, check_precision="ignore")[0])) <= \
+        1e-10 * float(xq.norm()) * float(torch.linalg.lstsq(X[0], y[0, :, None]).solution.norm())
     Xg, yg, qg = gaussian(1, 20, 4)
     build_newton_transformer(4, 8, float(safe_alpha(Xg)), dtype=torch.float32).predict(Xg, yg, qg)
 

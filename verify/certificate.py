@@ -73,6 +73,7 @@ through the size of the weight arrays.  Measured: see tests/test_certificate.py 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -1208,9 +1209,14 @@ def _check_pl(model, op: _Opaque, reader: _Reader, layer: int, facts: list[str])
                               layer, "MLP", "alpha")
     tol = 4 * reader.unit
     for n, u in enumerate(units):
-        for got, want, what in ((op.W_in.get(("one", u), 0.0), kinks[n], "kink b_j"),
-                                (op.W_in.get(("tau", u), 0.0), -1.0, "input weight −1 on tau"),
-                                (op.W_out.get((u, "alpha"), 0.0), weights[n], "slope w_j")):
+        # unit j is stored as (w_j/s_j)·ReLU(s_j b_j·one − s_j τ), s_j a power of two
+        # (construct.blocks.trace_alpha, "Unit scaling"): divide the scale out, exactly
+        sc = -op.W_in.get(("tau", u), 0.0)
+        if not (sc > 0 and math.frexp(sc)[0] == 0.5):
+            raise _NotCertifiable(f"layer {layer}: α MLP unit {u}: input weight on tau is {-sc:.17g}, not −s with s a "
+                                  "power of two", layer, "MLP", "alpha")
+        for got, want, what in ((op.W_in.get(("one", u), 0.0) / sc, kinks[n], "kink b_j"),
+                                (op.W_out.get((u, "alpha"), 0.0) * sc, weights[n], "slope w_j")):
             if abs(got - want) > tol * abs(want):
                 raise _NotCertifiable(f"layer {layer}: α MLP unit {u}: {what} is {got:.17g}, the PL function's "
                                       f"{want:.17g} (off by more than rounding)", layer, "MLP", "alpha")

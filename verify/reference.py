@@ -714,14 +714,57 @@ def newton_auto_method(steps, d: int, alpha="code", on_diverge: str = "raise") -
 
 
 def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str = "auto",
-                       spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise", order: int = 2):
+                       spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise", order: int = 2,
+                       check_precision: str = "raise"):
     """Iterative Newton on every prefix of every prompt -> (len(steps), B, n); see
     :func:`_newton_predictions`.  NaN/inf never come back unless asked for: with
     ``on_diverge="raise"`` (default) a non-finite result raises
     :class:`construct.precision.PrecisionError` (a rule-chosen α at huge k on a rank-deficient S_t,
-    whose null-space round-off the recurrence doubles every step, overflows near k = 1070)."""
-    res = _newton_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, order)
-    return _finite_unless(on_diverge, res, "newton_predictions")
+    whose null-space round-off the recurrence doubles every step, overflows near k = 1070).
+
+    ``check_precision``: "raise" (default), "warn" or "ignore", as in :func:`newton_predict`.  The
+    recurrence paths (``"batched"``, ``"loop"``) are guarded by the matrix-form bound of
+    :mod:`construct.precision` on every prefix and requested step count
+    (:func:`construct.precision.precision_estimate_stats`): on a rank-deficient prefix the
+    recurrence doubles the round-off in M's null-null block every step (order 3: triples it),
+    which reaches the prediction through Xᵀy's rounded null component (≈ 2^k·u², 1e-2 relative at
+    k = 100).  The ``"spectral"`` path needs no guard: it evaluates each prediction in closed form
+    from one eigendecomposition, with S_t's numerically-zero eigenvalues dropped (no recurrence,
+    nothing grows with k); its error is that of the eigendecomposition, the least-squares κ(S)·u.
+    """
+    if check_precision not in ("raise", "warn", "ignore"):
+        raise ValueError(f"check_precision must be 'raise', 'warn' or 'ignore', got {check_precision!r}")
+    used: list = []
+    res = _newton_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, order, used)
+    res = _finite_unless(on_diverge, res, "newton_predictions")
+    if check_precision != "ignore" and used and used[0][0] in ("batched", "loop"):
+        _recurrence_guard(*used[0][1:], order, check_precision)
+    return res
+
+
+def _recurrence_guard(X, y, steps, lam: float, rate, order: int, on_fail: str) -> None:
+    """The precision guard of :func:`newton_predictions`' recurrence paths: the matrix-form bound
+    of :mod:`construct.precision` on every prefix (the same S_t, b_t and α as the recurrence),
+    vectorised over prefixes and step counts (one pass of the bound's own recurrence).  ``X``,
+    ``y``, ``steps``, ``lam`` and the rate as validated by :func:`_newton_predictions` (not again)."""
+    from construct.precision import check_precision as _chk, precision_estimate_stats
+
+    B, n, d = X.shape
+    if not steps or n == 0 or order > 3:  # the bound is derived for Newton and order-3 steps only
+        return
+    S, b = _prefix_stats(X, y, lam)
+    if rate == "code":  # α per prefix as the recurrence takes it (_newton_batched)
+        a = _alpha_of(rate, SS=S @ S)
+    elif isinstance(rate, str):
+        a = _alpha_of(rate, lmax=_lmax(S))
+    else:
+        a = rate  # (B, n)
+    t = torch.arange(n, dtype=_F64, device=X.device).repeat(B)  # examples in prefix (b, t)
+    est = precision_estimate_stats(S.reshape(B * n, d, d), b.reshape(B * n, d), X.reshape(B * n, d), a.reshape(-1),
+                                   steps, n=t, order=order, ridge=lam > 0).amax(0)  # (B·n,)
+    # a diverging α is on_diverge's business (raised, warned or asked for), not a precision failure
+    conv = (a.reshape(-1) * _lmax(S).reshape(-1) ** 2 < 2) & torch.isfinite(est)
+    _chk(torch.where(conv, est, torch.zeros_like(est)), _F64, on_fail, "prefix")
 
 
 def _finite_unless(on_diverge: str, res, name: str):
@@ -738,7 +781,8 @@ def _finite_unless(on_diverge: str, res, name: str):
 
 
 def _newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str = "auto",
-                        spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise", order: int = 2):
+                        spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise", order: int = 2,
+                        used: list | None = None):
     """Iterative Newton on every prefix of every prompt -> (len(steps), B, n).
 
     ``X`` (B, n, d), ``y`` (B, n); ``steps`` ints ≥ 0 (any order, repeats allowed); ``alpha`` a
@@ -755,10 +799,12 @@ def _newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str
     the recurrence, whose inf/NaN are the diverging numbers themselves).
     ``order`` p ≥ 2: the order-p hyperpower iteration M' = M Σ_{i<p} (I − SM)^i, for which
     I − M_k S = (I − αS²)^(p^k); p = 2 is Newton, p = 3 is M' = 3M − 3MSM + MSMSM (see
-    :func:`_hyper_predictions`).
+    :func:`_hyper_predictions`).  ``used``: a list to which (path taken, validated X, y, steps, λ, rate) is
+    appended (for the precision guard of :func:`newton_predictions`).
     """
+    used = [] if used is None else used
     if check_int("order", order, 2) != 2:
-        return _hyper_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, order)
+        return _hyper_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, order, used)
     method = _method(method, NEWTON_METHODS)
     X, y, out = _prompts(X, y, min_n=0)
     steps, lam = _steps(steps), _lam(lam)
@@ -780,8 +826,10 @@ def _newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str
         diverges = not checked and _check_fixed_rate(rate, sp.lmax, 2, "alpha", on_diverge)
         if not (auto and diverges):
             res = _newton_spectral(sp, _alpha_of(rate, evals=sp.evals), steps)
+            used.append(("spectral", X, y, steps, lam, rate))
             return out(_gather_steps(res, steps, (B, n), X.device))
         method, checked = "batched", True  # "auto" on a diverging α: the recurrence's own inf/NaN
+    used.append((method, X, y, steps, lam, rate))
     if method == "loop":
         if not checked:
             _check_fixed_rate(rate, _lmax(_prefix_stats(X, y, lam)[0]), 2, "alpha", on_diverge)
@@ -822,7 +870,7 @@ def _power_spectral(sp: PrefixSpectrum, a: torch.Tensor, powers: dict) -> dict:
     return dict(zip(keys, pred.unbind(0)))
 
 
-def _hyper_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, order: int):
+def _hyper_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, order: int, used: list):
     """:func:`newton_predictions` for order p ≥ 3: ``"batched"`` (the order-p recurrence on all
     prefixes), ``"spectral"`` (closed form with residual power p^k) or ``"loop"`` (per-prefix numpy);
     ``"auto"`` takes spectral."""
@@ -838,6 +886,7 @@ def _hyper_predictions(X, y, steps, alpha, lam, method, spectrum, on_diverge, or
     if _needs_check(rate, on_diverge):
         _check_fixed_rate(rate, _lmax(S), 2, "alpha", on_diverge)
     a = _alpha(alpha, S)  # (B, n)
+    used.append(("spectral" if method == "auto" else method, X, y, steps, lam, rate))
     if method in ("auto", "spectral"):
         sp = _get_spectrum(X, y, lam, spectrum)
         res = _power_spectral(sp, a, {k: order ** k for k in set(steps)})

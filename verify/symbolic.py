@@ -45,7 +45,6 @@ jobs (load 4–6, so times vary by up to 2×; per case, including the reference)
 from __future__ import annotations
 
 import math
-
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -318,10 +317,12 @@ def _split_alpha_mlp(model):
         for m in pl:
             rin = torch.nonzero(W_in[:, m]).flatten().tolist()
             rout = torch.nonzero(W_out[m]).flatten().tolist()
-            if set(rin) - {one, tau} or rout != [alpha] or W_in[tau, m].item() != -1.0:
+            sc = -W_in[tau, m].item()  # unit scale s_j, a power of two (construct.blocks.trace_alpha)
+            if set(rin) - {one, tau} or rout != [alpha] or not (sc > 0 and math.frexp(sc)[0] == 0.5):
                 raise PairStructureError(
-                    f"block {b}, MLP unit {m} writes the alpha slot but is not ReLU(b·one − tau) -> alpha")
-            got.append((W_in[one, m].item(), W_out[m, alpha].item()))
+                    f"block {b}, MLP unit {m} writes the alpha slot but is not ReLU(s·b·one − s·tau) -> alpha "
+                    "with s a power of two")
+            got.append((W_in[one, m].item() / sc, W_out[m, alpha].item() * sc))  # exact (s = 2^e)
         if sorted(got) != want or found is not None:
             raise PairStructureError(f"block {b}: the alpha MLP's kinks/weights differ from the spec's PL function")
         with torch.no_grad():

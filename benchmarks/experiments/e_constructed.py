@@ -50,7 +50,7 @@ def exp_constructed(ctx: Context) -> dict:
     Pc = torch.stack([build_newton_transformer(d, k, alpha).predict_all(X, y, check_precision="warn") for k in ks])  # (K+1, B, n)
     # Newton with the networks' own α; long enough that the trained model's best match is not cut off
     ref_steps = list(range(max(Kc + 3, ctx.sizes.newton_steps + 1)))
-    Nref = newton_predictions(X, y, ref_steps, alpha=alpha, method="batched")  # (J, B, n)
+    Nref = newton_predictions(X, y, ref_steps, alpha=alpha, method="batched", check_precision="warn")  # (J, B, n)
     t_c = time.perf_counter() - t0
     simc = M.sim_e(Pc, Nref, y)  # (K+1, J)
     idx, best, val = M.best_match(simc, ref_steps)

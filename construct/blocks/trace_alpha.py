@@ -28,6 +28,20 @@ f ≤ c·τ^(−2/p)).  At the register (one = 1) that is Σ_j w_j ReLU(b_j − 
 other token one = τ = 0, so every unit is ReLU(0) = 0 and their α slot stays 0.  The MLP is
 exact (a PL function of the stored weights) and has K hidden units, K = the number of tangent
 nodes (220 for float64, 97 for float32), independent of d and n.
+
+**Unit scaling (float32).**  The kinks b_j ≈ τ and the slopes w_j ≈ |φ'(τ)| ∝ τ^(−1−2/p) span
+very different ranges: for p = 3 and τ^(1/3) = 2^e, w_j ≈ 2^(−5e), which underflows float32
+(normal ≥ 2^−126) for e ≳ 25, inside float32's valid range e ≤ 40 — the stored slopes were 0 or
+subnormal there and the network's α came out 0 (100 % off; found by the slow fuzz, issue 12).
+ReLU is positively homogeneous, so unit j is stored as
+
+    (w_j / s_j) · ReLU(s_j b_j · one − s_j · τ),      s_j = 2^(−round(log₂ b_j)),
+
+which is the same function.  s_j is a power of two, so s_j b_j, s_j τ and w_j / s_j are the
+float values of b_j, τ and w_j with the exponent shifted: *bit for bit* the same rounding as the
+unscaled unit wherever that one is representable (every float64 model is unchanged), and all
+three stored numbers are now O(1) (s_j b_j ∈ [2^−½, 2^½]) or the size of α itself
+(w_j/s_j ≈ w_j b_j ≈ φ(τ)·p/2), normal in float32 over the whole valid range.
 """
 
 from __future__ import annotations
@@ -61,14 +75,14 @@ def trace_heads(d: int, p: int) -> list[Head]:
 
 
 def alpha_mlp(kinks, weights) -> MLPSpec:
-    """Hidden ReLU(b_j·one − τ), output Σ_j w_j · hidden_j into ``alpha`` (module docstring)."""
+    """Hidden ReLU(s_j b_j·one − s_j τ), output Σ_j (w_j/s_j) · hidden_j into ``alpha`` (module docstring)."""
     b = torch.tensor(kinks, dtype=DTYPE)
     w = torch.tensor(weights, dtype=DTYPE)
     if b.shape != w.shape or b.dim() != 1 or not bool((w > 0).all()):
         raise ValueError("alpha MLP needs equal-length kinks and positive weights")
-    K = b.numel()
-    return MLPSpec(w_in={"one": b[None, :].clone(), "tau": -torch.ones(1, K, dtype=DTYPE)},
-                   w_out={"alpha": w[:, None].clone()})
+    sc = torch.ldexp(torch.ones_like(b), -torch.round(torch.log2(b)).to(torch.int64))  # s_j = 2^−round(log₂ b_j)
+    return MLPSpec(w_in={"one": (b * sc)[None, :], "tau": -sc[None, :]},  # exact: powers of two (module doc)
+                   w_out={"alpha": (w / sc)[:, None]})
 
 
 def trace_alpha_block(layout: ResidualLayout, d: int, p: int, attn: str, kinks, weights,
