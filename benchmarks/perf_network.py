@@ -18,11 +18,13 @@ thread waits while other jobs hold the (shared) cores, which wall time does.
 * **Training step** (forward, MSE at the x tokens, backward, Adam) of a ``GargRegressor`` at the
   paper shape (12 layers, 8 heads, D = 256, 82 tokens, B = 64, float32) and at the ``cpu`` preset
   shape (6/4/64, 22 tokens, B = 64): Hugging Face ``GPT2Model`` eager attention
-  (:func:`construct.export.to_hf`, same weights; skipped when ``transformers`` is missing), our
-  previous forward, ours with explicit softmax attention (what a hook on the pattern runs), and
-  ours with the last layer at every token (``ours_full_last_layer``), and ours (fused QKV +
-  ``scaled_dot_product_attention``, products on oneDNN through :func:`construct.dense.linear`,
-  the last layer's queries, attention output and MLP only at the x tokens that the loss reads).  Target ≥ 1.3× HF at the paper shape.
+  (:func:`construct.export.to_hf`, same weights; skipped when ``transformers`` is missing); HF
+  with its ``Conv1D`` projections on :func:`construct.dense.linear` (``hf_gpt2_eager_onednn``: the
+  same kernel choice as ours, attention unchanged); our previous forward; ours with explicit
+  softmax attention (what a hook on the pattern runs); ours with the last layer at every token
+  (``ours_full_last_layer``); and ours (fused QKV + ``scaled_dot_product_attention``, products on
+  oneDNN through :func:`construct.dense.linear`, the last layer's queries, attention output and
+  MLP only at the x tokens that the loss reads).  Target ≥ 1.3× HF at the paper shape.
   ``torch.compile`` is measured on request (``compile=True``: it takes minutes at the paper
   shape and gave no gain there, see the README).
 * **Floors of the training step**, interleaved with the steps: the step's dense products (the
@@ -119,6 +121,25 @@ def _hf(model):
         bb.set_attn_implementation("eager")
     else:  # pragma: no cover - older transformers
         bb.config._attn_implementation = "eager"
+    return hf
+
+
+def _on_onednn(hf):
+    """``hf`` with every ``Conv1D`` projection run through :func:`construct.dense.linear` (oneDNN in
+    training), the attention products left as they are; None when there is nothing to switch."""
+    import types
+
+    from construct.dense import _OP, linear
+
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers without Conv1D
+        return None
+    convs = [m for m in hf.modules() if isinstance(m, Conv1D)]
+    if _OP is None or not convs:
+        return None
+    for c in convs:  # Conv1D computes x W + b with W (in, out)
+        c.forward = types.MethodType(lambda self, x: linear(x, self.weight.t(), self.bias), c)
     return hf
 
 
@@ -258,6 +279,10 @@ def time_train_step(shape: str = "paper", B: int = 64, repeats: int = 3, compile
     if hf is not None:
         hf.train()
         variants["hf_gpt2_eager"] = stepper(hf, lambda m: m(X, y))
+        hf_dnn = _on_onednn(_hf(copy.deepcopy(base)))
+        if hf_dnn is not None:  # the same kernel choice as ours, for an apples-to-apples ratio
+            variants["hf_gpt2_eager_onednn"] = stepper(hf_dnn.train(), lambda m: m(X, y))
+            acc["hf_onednn_train_vs_hf_float32"] = _rel(hf_dnn(X, y).detach(), hf(X, y).detach())
         with torch.no_grad():  # same weights, same outputs: float64 and float32
             h64, o64 = copy.deepcopy(hf).double(), copy.deepcopy(base).double()
             acc["ours_vs_hf_float64"] = _rel(o64(X.double(), y.double()), h64(X.double(), y.double()))
@@ -304,6 +329,8 @@ def time_train_step(shape: str = "paper", B: int = 64, repeats: int = 3, compile
            "ratios": {f"old/{k}": ts["old"] / ts[k] for k in names if k != "old"}}
     if hf is not None:
         out["ratios"].update({f"hf_gpt2_eager/{k}": ts["hf_gpt2_eager"] / ts[k] for k in names if k != "hf_gpt2_eager"})
+        if "hf_gpt2_eager_onednn" in ts:
+            out["ratios"]["hf_gpt2_eager_onednn/ours"] = ts["hf_gpt2_eager_onednn"] / ts["ours"]
     else:
         out["skipped"] = "transformers is not installed (pip install '.[hf]'): no Hugging Face comparison"
     return out
@@ -336,6 +363,8 @@ def rows(net: dict) -> list[list]:
         wl = f"{shape}: {c['n_layers']}L/{c['n_heads']}H/{c['d_model']}, {c['tokens']} tokens, B={c['B']}, CPU s"
         for k, s in t["seconds"].items():
             parts = []
+            if k == "ours" and "hf_gpt2_eager_onednn/ours" in t["ratios"]:
+                parts.append(f"{t['ratios']['hf_gpt2_eager_onednn/ours']:.2f}x HF eager on oneDNN")
             if k != "hf_gpt2_eager" and "hf_gpt2_eager" in t["seconds"]:
                 r = t["ratios"]["hf_gpt2_eager/" + k]
                 if k.startswith("gemm_floor"):
@@ -389,6 +418,10 @@ def markdown(net: dict) -> str:
             if "gemm_floor_onednn" in t["seconds"]:
                 s += (f"; on oneDNN they take {t['seconds']['gemm_floor_onednn']:.3f} s ({gf['gemm_floor_onednn']:.0f} "
                       f"GFLOP/s, bound {r['hf_gpt2_eager/gemm_floor_onednn']:.2f}x HF)")
+            if "hf_gpt2_eager_onednn/ours" in r:
+                s += (f". HF with its projections on oneDNN (the same kernel choice as ours) takes "
+                      f"{t['seconds']['hf_gpt2_eager_onednn']:.3f} s ({gf['hf_gpt2_eager_onednn']:.0f} GFLOP/s): "
+                      f"ours is {r['hf_gpt2_eager_onednn/ours']:.2f}x that")
             lines.append(s + ".")
     if "sgemm" in net:
         g = net["sgemm"]

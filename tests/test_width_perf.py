@@ -281,9 +281,40 @@ def test_perf_network_reports_the_gemm_floor(perf_quick):
         if "hf_gpt2_eager" in s:
             assert t["ratios"]["hf_gpt2_eager/gemm_floor_mkl"] == pytest.approx(s["hf_gpt2_eager"] / s["gemm_floor_mkl"])
             assert t["accuracy"]["ours_train_vs_hf_float32"] < 1e-5
+            if "hf_gpt2_eager_onednn" in s:
+                assert t["ratios"]["hf_gpt2_eager_onednn/ours"] == pytest.approx(s["hf_gpt2_eager_onednn"] / s["ours"])
+                assert t["accuracy"]["hf_onednn_train_vs_hf_float32"] < 1e-5
     assert all(_finite_pos(v) for v in net["sgemm"]["gflops"].values())
     md = (out / "perf.md").read_text()
     assert "floors:" in md and "Single-thread sgemm" in md
     with open(out / "perf.csv", newline="") as f:
         items = {row["item"] for row in csv.DictReader(f) if row["section"] == "train step"}
     assert {"gemm_floor_mkl", "ours_full_last_layer"} <= items
+
+
+def test_hf_with_projections_on_onednn_equals_hf(monkeypatch):
+    """The apples-to-apples row: HF's Conv1D projections through construct.dense.linear (oneDNN)."""
+    import copy
+
+    import torch
+
+    from benchmarks import perf_network as pn
+    from construct import dense
+    from construct.regressor import GargConfig, GargRegressor
+
+    monkeypatch.setattr(dense, "MIN_MACS", 0)  # the smoke shape's products are small
+    torch.manual_seed(0)
+    m = GargRegressor(GargConfig(**pn.SHAPES["smoke"])).train()
+    hf = pn._hf(copy.deepcopy(m))
+    if hf is None:
+        pytest.skip("transformers is not installed")
+    fast = pn._on_onednn(pn._hf(copy.deepcopy(m)))
+    if fast is None:
+        pytest.skip("torch built without oneDNN")
+    X, y = torch.randn(4, 6, 3), torch.randn(4, 6)
+    seen = []
+    conv = next(mod for mod in fast.modules() if type(mod).__name__ == "Conv1D")
+    conv.register_forward_hook(lambda mod, i, o: seen.append(type(o.grad_fn).__name__))
+    out, ref = fast(X, y), hf(X, y)
+    assert seen == ["_OneDnnLinearBackward"]
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-6
