@@ -235,8 +235,11 @@ def machine(command: str | None = None) -> dict:
 
 
 def run_perf_table(out_dir: str | os.PathLike, quick: bool = False, *, threads: int | None = 1, model=None,
-                   progress: bool = True, command: str | None = None, seed: int = 0) -> dict:
-    """Measure everything (module docstring) in this process and write perf.json / perf.csv / perf.md."""
+                   progress: bool = True, command: str | None = None, seed: int = 0, hf: bool = True) -> dict:
+    """Measure everything (module docstring) in this process and write perf.json / perf.csv / perf.md.
+
+    ``hf=False`` leaves the Hugging Face training-step variants out (no ``transformers`` import).
+    """
     from tqdm.auto import tqdm
 
     sz = QUICK if quick else FULL
@@ -265,7 +268,7 @@ def run_perf_table(out_dir: str | os.PathLike, quick: bool = False, *, threads: 
         sc = perf_targets.scaling(quick, seed)
         bar.update(1)
         bar.set_postfix_str("network forward and training step")
-        net = perf_network.network(quick, seed)
+        net = perf_network.network(quick, seed, hf=hf)
         bar.update(1)
         bar.close()
     finally:
@@ -419,12 +422,18 @@ def write_outputs(res: dict, out: Path) -> list[Path]:
 
 # ====================================================================== benchmarks.run experiment g
 def _exp_perf(ctx) -> dict:
-    """Experiment g for ``benchmarks.run``: the whole table, measured now (quick sizes with --quick)."""
+    """Experiment g for ``benchmarks.run``: the whole table, measured now (quick sizes with --quick).
+
+    With --quick the Hugging Face training-step rows are left out: their quick ratios mean nothing,
+    and importing ``transformers`` was the largest part of quick g (1-2 s). ``python -m benchmarks.perf
+    --quick`` and the full run keep them.
+    """
     out = ctx.dir("g_perf")
     ctx.step("perf table")
     with torch.enable_grad():  # the runner runs experiments under no_grad; the SGD baseline needs grads
         res = run_perf_table(out, quick=ctx.quick, threads=1, model=ctx.model, progress=False,
-                             command="python -m benchmarks.run " + " ".join(sys.argv[1:]), seed=ctx.seed)
+                             command="python -m benchmarks.run " + " ".join(sys.argv[1:]), seed=ctx.seed,
+                             hf=not ctx.quick)
     for f in ("perf.json", "perf.csv", "perf.md"):
         ctx.record(out / f)
     sec = res["reference"]["seconds"]

@@ -247,8 +247,12 @@ def sgemm_rates(n: int = 2048, repeats: int = 5, seed: int = 0) -> dict:
     return {"n": n, "seconds": dict(zip(fns, ts)), "gflops": {k: 2 * n ** 3 / t / 1e9 for k, t in zip(fns, ts)}}
 
 
-def time_train_step(shape: str = "paper", B: int = 64, repeats: int = 3, compile: bool = False, seed: int = 0) -> dict:
-    """One optimiser step (forward, loss, backward, Adam) of each variant at a shape of :data:`SHAPES`."""
+def time_train_step(shape: str = "paper", B: int = 64, repeats: int = 3, compile: bool = False, seed: int = 0,
+                    hf: bool = True) -> dict:
+    """One optimiser step (forward, loss, backward, Adam) of each variant at a shape of :data:`SHAPES`.
+
+    ``hf=False`` leaves out the Hugging Face variants (and the import of ``transformers``, 1-2 s).
+    """
     from construct.reference_forward import reference_forward
     from construct.regressor import GargConfig, GargRegressor
 
@@ -274,7 +278,7 @@ def time_train_step(shape: str = "paper", B: int = 64, repeats: int = 3, compile
         return model
 
     variants = {}
-    hf = _hf(copy.deepcopy(base))
+    hf = _hf(copy.deepcopy(base)) if hf else None
     acc = {}
     if hf is not None:
         hf.train()
@@ -331,16 +335,18 @@ def time_train_step(shape: str = "paper", B: int = 64, repeats: int = 3, compile
         out["ratios"].update({f"hf_gpt2_eager/{k}": ts["hf_gpt2_eager"] / ts[k] for k in names if k != "hf_gpt2_eager"})
         if "hf_gpt2_eager_onednn" in ts:
             out["ratios"]["hf_gpt2_eager_onednn/ours"] = ts["hf_gpt2_eager_onednn"] / ts["ours"]
+    elif not hf:
+        out["skipped"] = "Hugging Face comparison left out (hf=False: benchmarks.run --quick does not import transformers)"
     else:
         out["skipped"] = "transformers is not installed (pip install '.[hf]'): no Hugging Face comparison"
     return out
 
 
-def network(quick: bool = False, seed: int = 0) -> dict:
+def network(quick: bool = False, seed: int = 0, hf: bool = True) -> dict:
     sz = QUICK if quick else FULL
     return {"forward": time_forward(seed=seed, **sz["forward"]),
             "predict_all": time_predict_all(seed=seed, **sz["predict_all"]),
-            "train": {shape: time_train_step(shape, seed=seed, **kw) for shape, kw in sz["train"].items()},
+            "train": {shape: time_train_step(shape, seed=seed, hf=hf, **kw) for shape, kw in sz["train"].items()},
             "sgemm": sgemm_rates(**sz["sgemm"], seed=seed)}
 
 

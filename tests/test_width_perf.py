@@ -318,3 +318,17 @@ def test_hf_with_projections_on_onednn_equals_hf(monkeypatch):
     out, ref = fast(X, y), hf(X, y)
     assert seen == ["_OneDnnLinearBackward"]
     assert float((out - ref).abs().max() / ref.abs().max()) < 1e-6
+
+
+def test_perf_network_hf_false_leaves_out_hf_without_importing_transformers():
+    """benchmarks.run --quick's experiment g: no Hugging Face variants, and transformers is never imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from benchmarks import perf_network as pn; "
+            "t = pn.time_train_step('smoke', B=4, repeats=1, hf=False); "
+            "assert 'transformers' not in sys.modules, 'transformers imported'; "
+            "assert not any(k.startswith('hf_') for k in t['seconds']), t['seconds']; "
+            "assert 'ours' in t['seconds'] and 'hf=False' in t['skipped']; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
