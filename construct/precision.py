@@ -436,8 +436,12 @@ def check_precision(estimate: torch.Tensor, dtype: torch.dtype, on_fail: str = "
             cause = ("ill-conditioned S = XᵀX, many Newton steps on slowly converging directions, or alpha close "
                      "to the divergence boundary")
             fix = "fewer steps k, a ridge lam > 0"
-        use = (f"Use {fix}, the closed form (method='spectral' in newton_predictions)" if program == "reference"
-               else f"Use a float64 model, {fix}")
+        if program == "reference":
+            use = f"Use {fix}, the closed form (method='spectral' in newton_predictions)"
+        elif dtype == torch.float64:  # already the most precise model dtype
+            use = f"Use {fix}"
+        else:
+            use = f"Use a float64 model, {fix}"
         msg = (
             f"{str(dtype).removeprefix('torch.')} cannot deliver the promised relative accuracy {rtol:g} on "
             f"{int(bad.sum())} {what}(s) (first index {i}): the first-order error bound is "

@@ -429,3 +429,14 @@ def test_gd_precision_message_names_gd():
         model.predict(Xt, yt, qt)
     msg = str(e.value)
     assert "GD steps" in msg and "learning rate" in msg and "Newton" not in msg and "alpha" not in msg
+
+
+def test_precision_message_suggests_float64_only_to_float32_models():
+    """A float64 model's refusal does not tell the user to use a float64 model (it is one)."""
+    from construct.precision import check_precision
+
+    est = torch.tensor([1.0])
+    for dtype, expect in ((torch.float64, False), (torch.float32, True)):
+        with pytest.raises(PrecisionError) as e:
+            check_precision(est, dtype, "raise")
+        assert ("Use a float64 model" in str(e.value)) is expect, str(e.value)
