@@ -492,11 +492,14 @@ class Transformer(HookedMixin, nn.Module):
             r = layer(r, self.blocks[b], ctx, read if trim and i == last else None)
             if keep is not None:
                 keep.append(r.detach())
-        if read is not None and not trim:
+        late = read is not None and not trim and self.ln_final.hook_normalized.active  # the hook sees every position
+        if read is not None and not trim and not late:
             r = r[:, read]
         if self.ln_f is not None:
             r = self.ln_f(r)
         r = self.ln_final.hook_normalized(r)
+        if late:
+            r = r[:, read]
         return linear(r, self.W_out.t(), self.b_out)  # (B, P+N or n, d_out)
 
     # ------------------------------------------------------------------ hooks

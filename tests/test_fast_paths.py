@@ -211,3 +211,18 @@ def test_read_slice_keeps_the_full_last_layer_when_it_is_hooked(monkeypatch):
     assert not calls and shapes == [(2, 12, 16)]  # the hook saw every token
     ref = reference_forward(m.transformer, m._tokens(X, y, 6))[:, ::2, 0]
     assert _rel(out.detach(), ref.detach()) < RTOL
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_read_slice_final_norm_hook_sees_every_token(monkeypatch, grad):
+    """A hook on ln_final.hook_normalized sees all P+N positions with or without ``read`` (as before
+    the read slice existed, and as TransformerLens' ln_final hooks do); the read-out is unchanged."""
+    calls = _count_forward_at(monkeypatch)
+    torch.manual_seed(3)
+    m = GargRegressor(GargConfig(d=3, n_points=6, n_layers=2, n_heads=2, d_model=16)).double()
+    X, y = torch.randn(2, 6, 3, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    ref = reference_forward(m.transformer, m._tokens(X, y, 6))[:, ::2, 0].detach()
+    with torch.set_grad_enabled(grad):
+        out, cache = m.run_with_cache(X, y)
+    assert not calls and cache["ln_final.hook_normalized"].shape == (2, 12, 16)
+    assert _rel(out.detach(), ref) < RTOL
