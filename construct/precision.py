@@ -348,6 +348,9 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         # every term above carries one factor γ (the worst case, errors of one sign); round-off
         # accumulates like √γ in practice, which the fuzz suite measures (module doc, "Calibration")
         err = err / gamma.sqrt()
+        # NaN only from inf·0: a term overflowed (thousands of steps on a null direction), so the bound is
+        # unknown, not met; inf refuses as the same prompt's finite-but-huge bound at fewer steps does
+        err = torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)
         est = PRECISION_C * err / torch.where(scale > 0, scale, torch.ones_like(scale))
         return torch.where(scale > 0, est, torch.zeros_like(est))
 
@@ -383,7 +386,7 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         R = len(rest)
         Rs = sum(3 if q == 2 else 7 for q in rest)  # Σ the converged steps' term sizes (2 + 1, 3 + 3 + 1)
         log2g = sum(math.log2(q) for q in rest)  # null-null gain 2 (Newton) or 3 (order 3) per step
-        G = 2.0 ** min(log2g, 1100)
+        G = 2.0 ** log2g if log2g < 1024 else math.inf  # (a Python float power past 2^1023 raises OverflowError)
         nn = null[:, :, None] & null[:, None, :]
         ek = torch.where(nn, e * G, e + (Rs * gamma * u * m.abs().amax(-1))[:, None, None])
         gk = torch.where(null, g * G, g + R * 2 * gamma1 * u)

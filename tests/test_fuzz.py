@@ -418,6 +418,35 @@ def test_newton_predictions_precision_guard():
         newton_predictions(X, y, [4], "code", method="batched", check_precision="maybe")
 
 
+def test_precision_bound_that_overflows_refuses_instead_of_erroring_or_passing():
+    """Thousands of steps on a rank-deficient prompt: the bound's null-direction gain 2^k overflows.
+    It used to raise OverflowError from a Python float power past 2^1023 (k >= 1224), or come back NaN
+    from inf·0 (k = 1200 here) — and NaN > rtol is False, so the guard let the prompt through — and
+    newton_predictions' recurrence guard dropped every non-finite bound.  Each is now an inf bound: a
+    PrecisionError, as the same prompt at k = 1000 (a finite bound far above rtol) already was."""
+    from construct.precision import precision_estimate
+    from verify import newton_predict
+    from verify.reference import newton_predictions
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 6, 3, generator=g, dtype=torch.float64)
+    X[..., 1:] = 0  # rank 1, null rows exactly 0
+    y = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    xq = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    a = 0.002  # converges: α·λ_max² < 2
+    for k in (1200, 1500):
+        for form in ("default", "merged", "hyperpower", "matrix"):
+            orders = (2,) + (3,) * (k - 2) + (2,) if form == "hyperpower" else None
+            est = precision_estimate(X, y, xq, a, k, form=form, orders=orders)
+            assert bool((est > 1e-10).all()), (form, k, est)  # not NaN, not 0
+        with pytest.raises(PrecisionError, match="prompt"):
+            build_newton_transformer(3, k, a).predict(X, y, xq)
+        with pytest.raises(PrecisionError, match="prompt"):
+            newton_predict(X, y, xq, k, a)
+        with pytest.raises(PrecisionError, match="prefix"):
+            newton_predictions(X, y, [k], a, method="batched")
+
+
 def test_gd_precision_message_names_gd():
     """The PrecisionError of a GD network names GD steps and the learning rate, not Newton / alpha."""
     X = np.array([[2.076831333397422e-05, -0.31342530250549316, 0.5808823108673096, 0.5895643830299377]])

@@ -20,7 +20,7 @@ from construct import (
     AlphaDivergenceError, CheckpointError, build_newton_transformer, check_alpha, load_model, safe_alpha,
 )
 from construct.checkpoint import CheckpointWarning
-from construct.precision import PrecisionError, precision_estimate
+from construct.precision import PrecisionError, PrecisionWarning, precision_estimate
 from verify import newton_predict, newton_predictions
 
 F64 = torch.float64
@@ -85,8 +85,12 @@ def test_network_at_k_1100_on_rank_deficient_prompt_raises_not_nan():
     model = build_newton_transformer(6, 1100, float(safe_alpha(X)), looped=True)
     raw = model.predict(X, y, xq, check_precision="ignore")
     assert not torch.isfinite(raw).all()  # the arithmetic really overflows
-    with pytest.raises(PrecisionError, match="NaN/inf"):
+    # refused before the forward: the bound's 2^k gain overflows too (inf; it was NaN from inf·0 and let the
+    # prompt through to the forward's NaN/inf check)
+    with pytest.raises(PrecisionError, match="bound is inf"):
         model.predict(X, y, xq)
+    with pytest.warns(PrecisionWarning, match="bound is inf"), pytest.raises(PrecisionError, match="NaN/inf"):
+        model.predict(X, y, xq, check_precision="warn")  # the arithmetic's own NaN/inf, past the warning
     # at k = 40 the same prompt is fine: the default read-out never reads the query's u
     m40 = build_newton_transformer(6, 40, float(safe_alpha(X)))
     p = m40.predict(X, y, xq)

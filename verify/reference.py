@@ -762,8 +762,9 @@ def _recurrence_guard(X, y, steps, lam: float, rate, order: int, on_fail: str) -
     t = torch.arange(n, dtype=_F64, device=X.device).repeat(B)  # examples in prefix (b, t)
     est = precision_estimate_stats(S.reshape(B * n, d, d), b.reshape(B * n, d), X.reshape(B * n, d), a.reshape(-1),
                                    steps, n=t, order=order, ridge=lam > 0).amax(0)  # (B·n,)
-    # a diverging α is on_diverge's business (raised, warned or asked for), not a precision failure
-    conv = (a.reshape(-1) * _lmax(S).reshape(-1) ** 2 < 2) & torch.isfinite(est)
+    # a diverging α is on_diverge's business (raised, warned or asked for), not a precision failure; a
+    # converging one with an overflowed (inf) bound is refused like any bound above rtol
+    conv = a.reshape(-1) * _lmax(S).reshape(-1) ** 2 < 2
     _chk(torch.where(conv, est, torch.zeros_like(est)), _F64, on_fail, "prefix", program="reference")
 
 
