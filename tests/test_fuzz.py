@@ -447,11 +447,11 @@ def test_precision_bound_that_overflows_refuses_instead_of_erroring_or_passing()
             newton_predictions(X, y, [k], a, method="batched")
 
 
-@pytest.mark.xfail(strict=True, reason="open (review): the matrix-form bound misses this prompt's 2^k·u² growth")
-def test_matrix_guard_misses_rank_one_rounded_rows():
+def test_matrix_guard_catches_rank_one_rounded_rows():
     """Rank-1 data X = g vᵀ (each row rounded off the line), d = 4, α = "code", k = 100: the batched
     recurrence is 5.5e-3 off the spectral closed form and newton_predict 8e-4, while the matrix-form
-    bound is ≤ 7.4e-15, so both are returned silently.  The error grows as ≈ 2^k·u²/6 from k ≈ 60."""
+    bound was ≤ 7.4e-15, so both were returned silently (the error grows as ≈ 2^k·u²/6 from k ≈ 60).
+    The bound's matrix-form null-block term (construct.precision, module doc 4) now refuses it."""
     from verify import newton_predict
     from verify.reference import newton_predictions
 
