@@ -46,7 +46,6 @@ import argparse
 from construct.cli import HelpFormatter
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -61,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from construct.checkpoint import dumps_strict
+from construct.checkpoint import dumps_strict, sha256_file
 
 from benchmarks.data import sample_prompts
 from construct.validate import config_from_dict
@@ -339,14 +338,6 @@ def compare_with_baselines(model: SavableModel, cfg: TrainConfig, prompts: int =
 
 
 # ====================================================================== checkpoints
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for blk in iter(lambda: f.read(1 << 20), b""):
-            h.update(blk)
-    return h.hexdigest()
-
-
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -460,7 +451,7 @@ class RunDir:
             "curriculum": dict(zip(("dims", "points"), cfg.curriculum_at(step))),
             "optimizer": opt_meta,
             "rng": rng_meta,
-            "sha256": {f: _sha256(tmp / f) for f in (CONFIG_FILE, WEIGHTS_FILE, "optimizer.safetensors", "log.csv")},
+            "sha256": {f: sha256_file(tmp / f) for f in (CONFIG_FILE, WEIGHTS_FILE, "optimizer.safetensors", "log.csv")},
             "torch_version": torch.__version__,
             **extra,
         })
@@ -513,7 +504,7 @@ class RunDir:
             p = folder / f
             if not p.is_file():
                 raise CheckpointError(f"checkpoint file {str(p)!r} is missing")
-            if _sha256(p) != digest:
+            if sha256_file(p) != digest:
                 raise CheckpointError(f"checkpoint file {str(p)!r} is corrupt (sha256 does not match trainer.json)")
         return meta, folder
 

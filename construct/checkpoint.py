@@ -254,7 +254,8 @@ def _resolve_kind(kind: str) -> type[SavableModel]:
     return _KINDS[kind]
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoints and training run folders)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for blk in iter(lambda: f.read(1 << 20), b""):
@@ -395,7 +396,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
             )
         if dt not in ("F32", "F64"):
             raise CheckpointError(f"weights in {str(path)!r}: tensor {k!r} has dtype {dt}; only F32/F64 are ours")
-    if hashes is not None and _sha256_file(wpath) != hashes["weights"]:
+    if hashes is not None and sha256_file(wpath) != hashes["weights"]:
         raise CheckpointError(
             f"weights file {str(wpath)!r} is corrupt: its sha256 does not match config.json "
             "(damaged, or the weights of another model)")
