@@ -668,10 +668,7 @@ def exact_check(model, X, y, x_query, *, residuals: bool = True, alpha=None, wei
                 if bad is not None:
                     slot = "u" if slot == "u_query" else slot
                     failure = (layer, slot, bad)
-                    where = "read-in" if layer == -1 else f"layer {layer} ({model.layer_names[layer]})"
-                    message = (f"first exact mismatch: {where}, slot {slot!r}, token {bad} "
-                               f"({'prefix' if bad < P else 'query' if bad == query else 'train'}): "
-                               f"network {safe_repr(r.entry(bad, sl.start + _bad_col(r, sl, E, bad)))}")
+                    message = _mismatch_message(model, layer, slot, bad, P, query, r, sl, E)
                     break
             if failure is not None:
                 break
@@ -704,6 +701,14 @@ def _bad_col(r: _ColRat, sl: slice, E: _Q, t: int) -> int | None:
         if r.num[t, c] * E.den != E.num[t, a] * r.den[c]:
             return a
     return None
+
+
+def _mismatch_message(model, layer: int, slot: str, bad: int, P: int, query: int, r: _ColRat, sl: slice, E: _Q) -> str:
+    """The exact checks' report of their first mismatch: where, which token kind, the network's value."""
+    where = "read-in" if layer == -1 else f"layer {layer} ({model.layer_names[layer]})"
+    kind = "prefix" if bad < P else "query" if bad == query else "train"
+    value = safe_repr(r.entry(bad, sl.start + _bad_col(r, sl, E, bad)))
+    return f"first exact mismatch: {where}, slot {slot!r}, token {bad} ({kind}): network {value}"
 
 
 
@@ -816,10 +821,7 @@ def _hyper_exact_check(model, X, y, x_query, *, residuals: bool, alpha, weights:
                 bad = _first_mismatch(r, sl, want[slot], allt)
                 if bad is not None:
                     failure = (layer, slot, bad)
-                    where = "read-in" if layer == -1 else f"layer {layer} ({model.layer_names[layer]})"
-                    message = (f"first exact mismatch: {where}, slot {slot!r}, token {bad} "
-                               f"({'prefix' if bad < P else 'query' if bad == query else 'train'}): "
-                               f"network {safe_repr(r.entry(bad, sl.start + _bad_col(r, sl, want[slot], bad)))}")
+                    message = _mismatch_message(model, layer, slot, bad, P, query, r, sl, want[slot])
                     break
             if failure is not None:
                 break
