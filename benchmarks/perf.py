@@ -453,7 +453,8 @@ def _register() -> None:
     from benchmarks.run import EXPERIMENTS, experiment
 
     if "g" not in EXPERIMENTS:
-        experiment("g", "g_perf", 'Performance table: reference paths, probes, constructed network')(_exp_perf)
+        experiment("g", "g_perf", 'Performance table: reference paths, probes, constructed network',
+                   alone=True)(_exp_perf)  # timings: nothing else may run meanwhile
 
 
 _register()

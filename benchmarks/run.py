@@ -40,6 +40,7 @@ import argparse
 from construct.cli import HelpFormatter
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -53,6 +54,7 @@ from benchmarks.experiments.common import (FIG_DPI, error_ylim, md_table, plain 
                                            shown as _shown, derive_seed as _seed, fmt as _fmt)
 from benchmarks.experiments.context import (CHECKPOINT_ROOT, FULL, ILL_KAPPA, QUICK, Context, Sizes, Suite,  # noqa: F401
                                             reference_weights)
+from benchmarks.experiments.parallel import run_experiments
 from benchmarks.experiments.registry import EXPERIMENTS, Experiment, experiment  # noqa: F401
 
 EXTRA_EXPERIMENT_MODULES: tuple[str, ...] = ("benchmarks.width", "benchmarks.perf")  # f, g: imported before running
@@ -136,6 +138,18 @@ def load_models(preset: str, checkpoint: str | None, lstm_checkpoint: str | None
 
 
 # ====================================================================== driver
+def default_jobs() -> int:
+    """``--jobs`` default: 2 where this process may use two or more cores, else 1.
+
+    Two, not more: each process holds its own copy of the shared data it computes, and on the
+    2-core CI machine two processes already use every core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
 def _summary_md(ctx: Context, meta: dict, results: dict) -> str:
     lines = [f"# Benchmark summary ({'quick' if ctx.quick else 'full'} run)", "",
              f"- transformer: {ctx.model_source} (d={ctx.d}, n={ctx.n}, {ctx.n_layers} layers)",
@@ -167,6 +181,10 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: the models are small, and on a shared CPU OpenMP with 2 "
                          "threads measured up to 30x slower than 1 thread; 0 keeps torch's default)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="processes running the experiments side by side (default: 2 where the machine has 2 or more "
+                         "cores, else 1); the data are the same for every value, the timing experiment g always runs "
+                         "alone at the end (see benchmarks.experiments.parallel)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     keys = list(EXPERIMENTS) if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
@@ -177,6 +195,8 @@ def run(argv: list[str] | None = None) -> int:
         ap.error("--seed must be >= 0")
     if args.threads < 0:
         ap.error("--threads must be >= 0")
+    if args.jobs is not None and args.jobs < 1:
+        ap.error("--jobs must be >= 1")
     threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -194,25 +214,23 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = QUICK if args.quick else FULL
-    bar = tqdm(keys, desc="benchmarks", disable=args.no_progress, file=sys.stderr)
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    bar = tqdm(total=len(keys), desc="benchmarks", disable=args.no_progress, file=sys.stderr)
     ctx = Context(out, args.quick, args.seed, args.preset, sizes, model, src, lstm, lsrc, progress=bar, notes=notes)
     ill, ill_src = load_ill_model(args.preset, args.ill_checkpoint, model)
     if ill is not None:
         ctx.models_by_kappa[ILL_KAPPA], ctx.model_sources[ILL_KAPPA] = ill, ill_src
     for name, m, s in ((args.preset, model, src), (f"lstm-{args.preset}", lstm, lsrc), (f"{args.preset}-kappa100", ill, ill_src)):
         ctx.add_shipped(name, m, s)  # experiments asking for these shipped checkpoints get the loaded ones
-    results, timings = {}, {}
     with torch.no_grad():
-        for key in bar:
-            e = EXPERIMENTS[key]
-            ctx.current = e.folder
-            bar.set_description(f"{e.key}. {e.folder}")
-            t0 = time.perf_counter()
-            results[key] = e.fn(ctx) or {}
-            timings[e.folder] = time.perf_counter() - t0
+        outcomes, suites = run_experiments(ctx, keys, jobs, on_start=lambda e: bar.set_description(f"{e.key}. {e.folder}"),
+                                           on_done=lambda o: bar.update(1))
     bar.close()
+    results = {k: o.result for k, o in outcomes.items()}
+    timings = {EXPERIMENTS[k].folder: o.seconds for k, o in outcomes.items()}
     ctx.current = "run"
-    for (name, kappa), s in ctx._suites.items():
+    for s in suites:
+        name, kappa = s.key
         # CPU seconds summed over threads bound the wall time on an idle machine and, unlike wall
         # time, do not grow when other jobs share the cores
         ctx.check(f"probes_all_layers_under_10s_{name + '_' if name else ''}kappa{kappa:g}", s.timings["probe_fit_cpu_s"] < 10.0,
@@ -224,7 +242,7 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
         "quick": args.quick, "preset": args.preset, "seed": args.seed, "model": src, "lstm": lsrc or None,
         "ill_conditioned_model": ctx.model_sources.get(ILL_KAPPA, src),
         "d": ctx.d, "n": ctx.n, "layers": ctx.n_layers, "sizes": dataclasses.asdict(sizes), "notes": ctx.notes,
-        "experiment_seconds": timings, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "experiment_seconds": timings, "jobs": jobs, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "wall_s": time.perf_counter() - t_start,
         "conventions": {
             "predictions": "all-prefix: position t predicts y_t from the first t examples",

@@ -30,7 +30,7 @@ from construct.checkpoint import dumps_strict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_TIMING_KEY = re.compile(r"(second|_s$|^wall|timings|loadavg|load_average|elapsed|command)", re.I)
+_TIMING_KEY = re.compile(r"(second|_s$|^wall|timings|loadavg|load_average|elapsed|command|^jobs$)", re.I)  # jobs: processes used
 
 
 def _strip(obj):

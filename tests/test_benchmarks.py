@@ -212,7 +212,7 @@ def quick_run(tmp_path_factory):
     t0 = time.perf_counter()
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = R.run(["--quick", "--out", str(out), "--no-progress", "--seed", "0"])
+        code = R.run(["--quick", "--out", str(out), "--no-progress", "--seed", "0", "--jobs", "2"])
     _QUICK_STDOUT["text"] = stdout.getvalue()
     return out, code, time.perf_counter() - t0
 
@@ -528,3 +528,85 @@ def test_quick_run_shares_loaded_checkpoints_without_changing_results(quick_run,
     assert names == ["models.json", "steps_per_layer.csv", "table1.csv", "trends.csv"]
     for name in names:
         assert (tmp_path / "m_models" / name).read_bytes() == (full / "m_models" / name).read_bytes(), name
+
+
+# ====================================================================== --jobs (benchmarks.experiments.parallel)
+def test_quick_run_in_one_process_writes_the_same_data_as_two(quick_run, tmp_path):
+    """``--jobs 2`` (the quick_run fixture) and ``--jobs 1`` write the same files, byte for byte
+    apart from timings, and lay out summary.json's checks and files in the same order."""
+    import contextlib
+    import io
+
+    from benchmarks.runner_speed import compare
+
+    two, code, _ = quick_run
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert R.run(["--quick", "--out", str(tmp_path), "--no-progress", "--seed", "0", "--jobs", "1"]) == code == 0
+    res = compare(tmp_path, two)
+    assert res["only_old"] == res["only_new"] == res["different"] == res["figures_different"] == [], res
+    assert res["identical"] >= 40, res
+    s1, s2 = (json.loads((p / "summary.json").read_text()) for p in (tmp_path, two))
+    assert (s1["meta"]["jobs"], s2["meta"]["jobs"]) == (1, 2)
+    assert list(s1["checks"]) == list(s2["checks"]) and s1["files"] == s2["files"]
+    assert list(s1["meta"]["experiment_seconds"]) == list(s2["meta"]["experiment_seconds"]) == [
+        R.EXPERIMENTS[k].folder for k in R.EXPERIMENTS]
+
+
+def _toy_registry(monkeypatch, fail: str | None = None):
+    """Three experiments registered r, q, p; p is the heaviest (runs first), q the lightest."""
+    from benchmarks.experiments import parallel, registry
+
+    reg: dict = {}
+    monkeypatch.setattr(registry, "EXPERIMENTS", reg)
+    monkeypatch.setattr(parallel, "EXPERIMENTS", reg)
+
+    def make(key, seconds):
+        def fn(ctx):
+            time.sleep(seconds)
+            if key == fail:
+                raise ArithmeticError(f"toy failure in {key}")
+            ctx.check(f"check_{key}", True, pid=__import__("os").getpid())
+            ctx.note(f"note from {key}")
+            ctx.note("shared note")
+            (ctx.dir(key) / "x.txt").write_text(key)
+            ctx.record(ctx.out / key / "x.txt")
+            return {"summary": {"key": key}}
+        return fn
+    registry.experiment("r", "r_folder", "R", cost=2.0)(make("r", 0.0))
+    registry.experiment("q", "q_folder", "Q", cost=1.0)(make("q", 0.0))
+    registry.experiment("p", "p_folder", "P", cost=3.0)(make("p", 1.0))
+    registry.experiment("z", "z_folder", "Z", alone=True)(make("z", 0.0))
+    return reg
+
+
+def _toy_ctx(tmp_path):
+    from benchmarks.experiments import QUICK, Context
+
+    return Context(tmp_path, True, 0, "cpu", QUICK, None, "", None, "")
+
+
+def test_jobs_merge_in_registration_order_and_run_alone_last(monkeypatch, tmp_path):
+    import os
+
+    from benchmarks.experiments import parallel
+
+    _toy_registry(monkeypatch)
+    assert parallel.plan(["q", "z", "p", "r"]) == ([["p"], ["r"], ["q"]], ["z"])
+    ctx = _toy_ctx(tmp_path)
+    outcomes, suites = parallel.run_experiments(ctx, ["z", "q", "p", "r"], jobs=2)
+    assert list(outcomes) == ["r", "q", "p", "z"] and suites == []
+    assert list(ctx.checks) == ["check_r", "check_q", "check_p", "check_z"]
+    assert ctx.notes == ["note from r", "shared note", "note from q", "note from p", "note from z"]
+    assert list(ctx.files) == ["r_folder", "q_folder", "p_folder", "z_folder"]
+    pids = {k: v["pid"] for k, v in ctx.checks.items()}
+    # p (1 s, heaviest) runs here; r and q meanwhile in the worker; z alone, here, afterwards
+    assert pids["check_p"] == pids["check_z"] == os.getpid() != pids["check_r"] == pids["check_q"]
+    assert [o.result["summary"]["key"] for o in outcomes.values()] == ["r", "q", "p", "z"]
+
+
+def test_jobs_worker_failure_raises_naming_the_experiment(monkeypatch, tmp_path):
+    from benchmarks.experiments import parallel
+
+    _toy_registry(monkeypatch, fail="q")
+    with pytest.raises(parallel.WorkerError, match=r"(?s)experiment 'q' failed in a --jobs worker.*ArithmeticError: toy failure in q"):
+        parallel.run_experiments(_toy_ctx(tmp_path), ["p", "q", "r"], jobs=2)

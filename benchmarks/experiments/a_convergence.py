@@ -122,6 +122,6 @@ def convergence(ctx: Context, s: Suite, folder: str) -> dict:
 
 
 
-@experiment("a", "a_convergence", "Convergence: error vs layer and vs steps")
+@experiment("a", "a_convergence", "Convergence: error vs layer and vs steps", group="suite-kappa1", cost=1.0)
 def exp_convergence(ctx: Context) -> dict:
     return convergence(ctx, ctx.suite(1.0), "a_convergence")

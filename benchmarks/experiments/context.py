@@ -146,6 +146,7 @@ class Context:
         self.files: dict[str, list[str]] = {}
         self.nonfinite: list[str] = []
         self._suites: dict[tuple[str, float], Suite] = {}  # (model name, "" = main; kappa)
+        self.suites_asked: list[tuple[str, float]] = []  # every ctx.suite call's key, in order (benchmarks.experiments.parallel)
         self._shared: dict[str, Any] = {}
         self.models_by_kappa: dict[float, Any] = {}   # optional per-distribution transformers
         self.model_sources: dict[float, str] = {}
@@ -308,6 +309,7 @@ class Context:
                 raise FileNotFoundError(f"suite for {model_name!r}: {source}")
             if source != self.model_sources.get(kappa, self.model_source):
                 key = (model_name, kappa)
+        self.suites_asked.append(key)
         if key not in self._suites:
             self._suites[key] = self._make_suite(kappa, None if key[0] == "" else model, key[0], source)
         return self._suites[key]

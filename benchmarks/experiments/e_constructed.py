@@ -31,7 +31,8 @@ def _best_row(P, s: Suite, fam: str) -> tuple[int, float]:
     return int(st[0]), float(val[0])
 
 
-@experiment("e", "e_constructed", "Constructed k-step network vs trained model; LSTM vs online GD")
+@experiment("e", "e_constructed", "Constructed k-step network vs trained model; LSTM vs online GD",
+            group="suite-kappa1", cost=1.6)
 def exp_constructed(ctx: Context) -> dict:
     from construct import build_newton_transformer, safe_alpha
     from verify import newton_predictions, online_gd_predictions

@@ -187,7 +187,7 @@ def verdict(spreads: dict[str, tuple[float, float, float]], few: dict[str, float
     return ("decided" if hi < invariant else "closest"), [best]
 
 
-@experiment("o", FOLDER, "Which algorithm is it? Newton vs look-alikes by step-count scaling over κ and n")
+@experiment("o", FOLDER, "Which algorithm is it? Newton vs look-alikes by step-count scaling over κ and n", cost=2.0)
 def exp_lookalikes(ctx: Context) -> dict:
     sz = O_QUICK if ctx.quick else O_FULL
     out = ctx.dir(FOLDER)

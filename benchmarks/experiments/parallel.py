@@ -1,0 +1,242 @@
+"""Running the experiments in several processes: ``python -m benchmarks.run --jobs N``.
+
+The experiments are independent computations on seeded data, so they can run side by side.  With
+N > 1 the runner forks N − 1 worker processes after it has loaded the checkpoints (the workers
+inherit the loaded models, the imports and the context), and every process takes the next *unit*
+from one shared queue until none is left:
+
+* a unit is one experiment, or every experiment of one ``group`` (registry hint) in registration
+  order, so that data they share through the context (``ctx.suite(1.0)``) is computed once;
+* units start heaviest first (sum of the registry's ``cost`` hints), which balances the processes;
+* experiments registered ``alone`` (the performance table g) run afterwards in the main process,
+  with nothing else running, so that their timings are not disturbed.
+
+What an experiment leaves in the context (checks, files, notes, non-finite numbers, the suites'
+timings) is recorded per experiment and put back together in registration order, so that
+summary.json and summary.md are laid out exactly as in a one-process run.  Every data file is the
+same whichever process writes it: tests/test_benchmarks.py compares ``--jobs 1`` with ``--jobs 2``
+byte for byte.  What differs are the timings, and a worker's progress reaches the bar only when it
+finishes an experiment.
+
+Cost: the wall time is about max(sum of the units each process ran) + the ``alone`` experiments,
+instead of their total; the CPU time grows by whatever shared data two processes both compute (the
+κ = 1 suite when ``m`` and the ``suite-kappa1`` group land in different processes: about 0.5 s in
+``--quick``).  Measured numbers are in the README ("g. Speed").
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from benchmarks.experiments.registry import EXPERIMENTS, Experiment
+
+SuiteKey = tuple[str, float]
+
+
+@dataclass
+class Outcome:
+    """One experiment's result and what it added to the context, for the merge."""
+
+    key: str
+    result: dict
+    seconds: float
+    checks: list[tuple[str, dict]] = field(default_factory=list)   # added or replaced, in order
+    files: dict[str, list[str]] = field(default_factory=dict)      # appended per folder
+    notes: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)
+    suites: dict[SuiteKey, tuple[dict, int]] = field(default_factory=dict)  # created: (timings, n_layers)
+    asked: list[SuiteKey] = field(default_factory=list)            # suites it asked the context for
+
+
+@dataclass(frozen=True)
+class SuiteStats:
+    """What the runner's end-of-run probe check reads from a suite (which may live in a worker)."""
+
+    key: SuiteKey
+    timings: dict
+    n_layers: int
+
+
+def plan(keys: list[str]) -> tuple[list[list[str]], list[str]]:
+    """(units, alone): the units of ``keys`` heaviest first, and the ``alone`` experiments in order.
+
+    Ties keep registration order; each unit lists its experiments in registration order.
+    """
+    order = {k: i for i, k in enumerate(EXPERIMENTS)}
+    keys = sorted(keys, key=order.__getitem__)
+    units: dict[str, list[str]] = {}
+    for k in keys:
+        e = EXPERIMENTS[k]
+        if not e.alone:
+            units.setdefault(f"group:{e.group}" if e.group else f"key:{k}", []).append(k)
+    ranked = sorted(units.values(), key=lambda u: (-sum(EXPERIMENTS[k].cost for k in u), order[u[0]]))
+    return ranked, [k for k in keys if EXPERIMENTS[k].alone]
+
+
+def run_one(ctx, e: Experiment) -> Outcome:
+    """Run ``e`` on ``ctx`` and record what it added to the context."""
+    checks = dict(ctx.checks)
+    files = {k: len(v) for k, v in ctx.files.items()}
+    n_notes, n_bad = len(ctx.notes), len(ctx.nonfinite)
+    suites, n_asked = set(ctx._suites), len(ctx.suites_asked)
+    ctx.current = e.folder
+    t0 = time.perf_counter()
+    result = e.fn(ctx) or {}
+    out = Outcome(e.key, result, time.perf_counter() - t0)
+    out.checks = [(k, v) for k, v in ctx.checks.items() if checks.get(k) is not v]
+    out.files = {k: v[files.get(k, 0):] for k, v in ctx.files.items() if len(v) > files.get(k, 0)}
+    out.notes, out.nonfinite = ctx.notes[n_notes:], ctx.nonfinite[n_bad:]
+    out.suites = {k: (dict(s.timings), s.n_layers) for k, s in ctx._suites.items() if k not in suites}
+    out.asked = ctx.suites_asked[n_asked:]
+    return out
+
+
+def _serial(ctx, keys: list[str], on_start: Callable[[Experiment], None], on_done: Callable[[Outcome], None]):
+    outcomes = {}
+    for k in keys:
+        on_start(EXPERIMENTS[k])
+        outcomes[k] = run_one(ctx, EXPERIMENTS[k])
+        on_done(outcomes[k])
+    return outcomes
+
+
+def _send(conn, kind: str, payload) -> None:
+    """One message to the main process, by value.  (``conn.send`` would pass tensors through
+    torch's shared-memory reducer, whose file descriptors vanish when the worker exits.)  The
+    bytes go through a pipe between a process and its own fork and are never stored."""
+    conn.send_bytes(pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _worker(ctx, units: list[list[str]], take: Callable[[], int | None], conn, threads: int) -> None:
+    """A forked process: run units from the shared queue, send each outcome to the main process."""
+    ctx._progress = None
+    torch.set_num_threads(threads)
+    key = None
+    try:
+        with torch.no_grad():
+            while (i := take()) is not None:
+                for key in units[i]:
+                    _send(conn, "done", run_one(ctx, EXPERIMENTS[key]))
+        _send(conn, "end", None)
+    except BaseException:  # noqa: BLE001 -- reported to the main process, which raises
+        _send(conn, "error", (key, traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class WorkerError(RuntimeError):
+    """An experiment failed (or its process died) in a ``--jobs`` worker process."""
+
+
+def run_experiments(ctx, keys: list[str], jobs: int = 1,
+                    on_start: Callable[[Experiment], None] = lambda e: None,
+                    on_done: Callable[[Outcome], None] = lambda o: None) -> tuple[dict[str, Outcome], list[SuiteStats]]:
+    """Run ``keys`` on ``ctx`` in ``jobs`` processes: ({key: Outcome} in registration order, the suites).
+
+    ``jobs == 1`` (or a platform without ``fork``) runs everything here in registration order.
+    Otherwise see the module docstring; ``ctx`` ends up with the checks, files, notes and
+    non-finite lists of all experiments, in registration order.  ``on_start`` / ``on_done`` are
+    called in the main process (for the progress bar).
+    """
+    order = {k: i for i, k in enumerate(EXPERIMENTS)}
+    keys = sorted(keys, key=order.__getitem__)
+    units, alone = plan(keys)
+    if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        ctx.note(f"--jobs {jobs}: this platform cannot fork; the experiments ran in one process")
+        jobs = 1
+    if jobs <= 1 or len(units) <= 1:
+        outcomes = _serial(ctx, keys, on_start, on_done)
+        stats = [SuiteStats(k, s.timings, s.n_layers) for k, s in ctx._suites.items()]
+        return outcomes, stats
+
+    base = (dict(ctx.checks), {k: list(v) for k, v in ctx.files.items()}, list(ctx.notes), list(ctx.nonfinite))
+    mp = multiprocessing.get_context("fork")
+    counter = mp.Value("i", 0)
+
+    def take() -> int | None:
+        with counter.get_lock():
+            i = counter.value
+            counter.value += 1
+        return i if i < len(units) else None
+
+    threads = torch.get_num_threads()
+    procs, conns = [], []
+    for _ in range(min(jobs, len(units)) - 1):
+        recv, send = mp.Pipe(duplex=False)
+        p = mp.Process(target=_worker, args=(ctx, units, take, send, threads), daemon=False)
+        p.start()
+        send.close()
+        procs.append(p)
+        conns.append(recv)
+    outcomes: dict[str, Outcome] = {}
+    open_conns = list(conns)
+
+    def collect(block: bool) -> None:
+        for c in list(open_conns):
+            while block or c.poll():
+                try:
+                    kind, payload = pickle.loads(c.recv_bytes())
+                except EOFError:
+                    kind, payload = "error", (None, "the worker process exited without reporting (killed?)")
+                if kind == "done":
+                    outcomes[payload.key] = payload
+                    on_done(payload)
+                    continue
+                open_conns.remove(c)
+                if kind == "error":
+                    key, tb = payload
+                    missing = [k for u in units for k in u if k not in outcomes and k != key]
+                    raise WorkerError(f"experiment {key!r} failed in a --jobs worker process (rerun with "
+                                      f"--jobs 1 --only {key or ','.join(missing)} to debug it there):\n{tb}")
+                break
+
+    try:
+        while (i := take()) is not None:
+            for key in units[i]:
+                on_start(EXPERIMENTS[key])
+                outcomes[key] = run_one(ctx, EXPERIMENTS[key])
+                on_done(outcomes[key])
+            collect(block=False)
+        collect(block=True)
+    finally:
+        for p in procs:
+            if p.is_alive() and open_conns:
+                p.terminate()
+            p.join()
+    for key in alone:
+        on_start(EXPERIMENTS[key])
+        outcomes[key] = run_one(ctx, EXPERIMENTS[key])
+        on_done(outcomes[key])
+    return _merge(ctx, keys, outcomes, base)
+
+
+def _merge(ctx, keys: list[str], outcomes: dict[str, Outcome], base) -> tuple[dict[str, Outcome], list[SuiteStats]]:
+    """Lay the context out as a one-process run would have: every experiment's additions in
+    registration order; suites in the order of the first experiment asking for them."""
+    ctx.checks, ctx.files, ctx.notes, ctx.nonfinite = base[0], base[1], base[2], base[3]
+    first: dict[SuiteKey, int] = {}
+    made: dict[SuiteKey, tuple[dict, int]] = {}
+    for i, key in enumerate(keys):
+        o = outcomes[key]
+        ctx.checks.update(o.checks)
+        for folder, names in o.files.items():
+            ctx.files.setdefault(folder, []).extend(names)
+        for msg in o.notes:
+            ctx.note(msg)
+        ctx.nonfinite += o.nonfinite
+        for k in o.asked:
+            first.setdefault(k, i)
+        for k, v in o.suites.items():
+            made.setdefault(k, v)
+    stats = [SuiteStats(k, *made[k]) for k in sorted(made, key=lambda k: first.get(k, len(keys)))]
+    return {k: outcomes[k] for k in keys}, stats
+
+
+__all__ = ["Outcome", "SuiteStats", "WorkerError", "plan", "run_experiments", "run_one"]
