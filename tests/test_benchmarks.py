@@ -610,3 +610,26 @@ def test_jobs_worker_failure_raises_naming_the_experiment(monkeypatch, tmp_path)
     _toy_registry(monkeypatch, fail="q")
     with pytest.raises(parallel.WorkerError, match=r"(?s)experiment 'q' failed in a --jobs worker.*ArithmeticError: toy failure in q"):
         parallel.run_experiments(_toy_ctx(tmp_path), ["p", "q", "r"], jobs=2)
+
+
+@pytest.mark.parametrize("d,n,B", [(5, 11, 32), (10, 21, 256)])  # h's two models; quick and full prompt counts
+def test_layer_curves_last_prefix_equals_predict_all_last_column(d, n, B):
+    """Experiment h reads only t = n − 1 and runs that one prefix with ``predict``: bit for bit
+    predict_all's last column, for every form and depth it uses (also where predict_all splits the
+    prefixes into several length groups)."""
+    from benchmarks.experiments.h_layers import FORMS, _program
+    from construct import build_gd_transformer
+
+    X, y, _ = sample_prompts(B, n, d, seed=3, dtype=F64)
+    alpha = float(safe_alpha(X).min())
+    lr = 1.0 / float(torch.linalg.eigvalsh(X.mT @ X)[:, -1].max())
+    for form in FORMS:
+        for L in (1, 3, 5):
+            prog = _program(form, L)
+            if prog is None:
+                continue
+            kw = prog[0]
+            model = build_gd_transformer(d, kw["steps"], lr) if form == "gd" else build_newton_transformer(d, alpha=alpha, **kw)
+            full = model.predict_all(X, y)[:, -1]
+            last = model.predict(X[:, :-1], y[:, :-1], X[:, -1])
+            assert torch.equal(full, last), (form, L, (full - last).abs().max().item())
