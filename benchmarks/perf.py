@@ -454,7 +454,7 @@ def _register() -> None:
 
     if "g" not in EXPERIMENTS:
         experiment("g", "g_perf", 'Performance table: reference paths, probes, constructed network',
-                   alone=True)(_exp_perf)  # timings: nothing else may run meanwhile
+                   cost=1.5, alone=True)(_exp_perf)  # timings: nothing else may run meanwhile (full runs)
 
 
 _register()

@@ -183,8 +183,8 @@ def run(argv: list[str] | None = None) -> int:
                          "threads measured up to 30x slower than 1 thread; 0 keeps torch's default)")
     ap.add_argument("--jobs", type=int, default=None,
                     help="processes running the experiments side by side (default: 2 where the machine has 2 or more "
-                         "cores, else 1); the data are the same for every value, the timing experiment g always runs "
-                         "alone at the end (see benchmarks.experiments.parallel)")
+                         "cores, else 1); the data are the same for every value; in a full run the timing experiment g "
+                         "runs alone at the end (see benchmarks.experiments.parallel)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     keys = list(EXPERIMENTS) if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
@@ -223,7 +223,8 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
     for name, m, s in ((args.preset, model, src), (f"lstm-{args.preset}", lstm, lsrc), (f"{args.preset}-kappa100", ill, ill_src)):
         ctx.add_shipped(name, m, s)  # experiments asking for these shipped checkpoints get the loaded ones
     with torch.no_grad():
-        outcomes, suites = run_experiments(ctx, keys, jobs, on_start=lambda e: bar.set_description(f"{e.key}. {e.folder}"),
+        # --quick: g's tiny workloads only smoke-test its code paths, so it need not run alone
+        outcomes, suites = run_experiments(ctx, keys, jobs, alone=not args.quick, on_start=lambda e: bar.set_description(f"{e.key}. {e.folder}"),
                                            on_done=lambda o: bar.update(1))
     bar.close()
     results = {k: o.result for k, o in outcomes.items()}

@@ -592,6 +592,7 @@ def test_jobs_merge_in_registration_order_and_run_alone_last(monkeypatch, tmp_pa
 
     _toy_registry(monkeypatch)
     assert parallel.plan(["q", "z", "p", "r"]) == ([["p"], ["r"], ["q"]], ["z"])
+    assert parallel.plan(["q", "z", "p", "r"], alone=False) == ([["p"], ["r"], ["q"], ["z"]], [])
     ctx = _toy_ctx(tmp_path)
     outcomes, suites = parallel.run_experiments(ctx, ["z", "q", "p", "r"], jobs=2)
     assert list(outcomes) == ["r", "q", "p", "z"] and suites == []

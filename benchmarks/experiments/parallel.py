@@ -9,7 +9,9 @@ from one shared queue until none is left:
   order, so that data they share through the context (``ctx.suite(1.0)``) is computed once;
 * units start heaviest first (sum of the registry's ``cost`` hints), which balances the processes;
 * experiments registered ``alone`` (the performance table g) run afterwards in the main process,
-  with nothing else running, so that their timings are not disturbed.
+  with nothing else running, so that their timings are not disturbed.  The runner lifts this in
+  ``--quick``, where g's workloads are too small for its timings to mean anything (it is a smoke
+  test of the code paths there), and g takes its turn in the queue like the others.
 
 What an experiment leaves in the context (checks, files, notes, non-finite numbers, the suites'
 timings) is recorded per experiment and put back together in registration order, so that
@@ -64,8 +66,9 @@ class SuiteStats:
     n_layers: int
 
 
-def plan(keys: list[str]) -> tuple[list[list[str]], list[str]]:
-    """(units, alone): the units of ``keys`` heaviest first, and the ``alone`` experiments in order.
+def plan(keys: list[str], alone: bool = True) -> tuple[list[list[str]], list[str]]:
+    """(units, alone): the units of ``keys`` heaviest first, and the ``alone`` experiments in order
+    (none when ``alone`` is False: they are units like the others then).
 
     Ties keep registration order; each unit lists its experiments in registration order.
     """
@@ -74,10 +77,10 @@ def plan(keys: list[str]) -> tuple[list[list[str]], list[str]]:
     units: dict[str, list[str]] = {}
     for k in keys:
         e = EXPERIMENTS[k]
-        if not e.alone:
+        if not (alone and e.alone):
             units.setdefault(f"group:{e.group}" if e.group else f"key:{k}", []).append(k)
     ranked = sorted(units.values(), key=lambda u: (-sum(EXPERIMENTS[k].cost for k in u), order[u[0]]))
-    return ranked, [k for k in keys if EXPERIMENTS[k].alone]
+    return ranked, [k for k in keys if alone and EXPERIMENTS[k].alone]
 
 
 def run_one(ctx, e: Experiment) -> Outcome:
@@ -135,19 +138,20 @@ class WorkerError(RuntimeError):
     """An experiment failed (or its process died) in a ``--jobs`` worker process."""
 
 
-def run_experiments(ctx, keys: list[str], jobs: int = 1,
+def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
                     on_start: Callable[[Experiment], None] = lambda e: None,
                     on_done: Callable[[Outcome], None] = lambda o: None) -> tuple[dict[str, Outcome], list[SuiteStats]]:
     """Run ``keys`` on ``ctx`` in ``jobs`` processes: ({key: Outcome} in registration order, the suites).
 
     ``jobs == 1`` (or a platform without ``fork``) runs everything here in registration order.
-    Otherwise see the module docstring; ``ctx`` ends up with the checks, files, notes and
+    Otherwise see the module docstring (``alone=False`` schedules the ``alone`` experiments like
+    the others); ``ctx`` ends up with the checks, files, notes and
     non-finite lists of all experiments, in registration order.  ``on_start`` / ``on_done`` are
     called in the main process (for the progress bar).
     """
     order = {k: i for i, k in enumerate(EXPERIMENTS)}
     keys = sorted(keys, key=order.__getitem__)
-    units, alone = plan(keys)
+    units, last = plan(keys, alone)
     if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
         ctx.note(f"--jobs {jobs}: this platform cannot fork; the experiments ran in one process")
         jobs = 1
@@ -210,7 +214,7 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1,
             if p.is_alive() and open_conns:
                 p.terminate()
             p.join()
-    for key in alone:
+    for key in last:
         on_start(EXPERIMENTS[key])
         outcomes[key] = run_one(ctx, EXPERIMENTS[key])
         on_done(outcomes[key])

@@ -11,7 +11,8 @@ With ``benchmarks.run --jobs N`` (N > 1) the experiments run in N processes
   the shared data they ask the context for (``ctx.suite(1.0)``) is computed once;
 * ``cost``: relative run time; the groups start heaviest first, which balances the processes;
 * ``alone``: the experiment runs after all the others, in the main process, with nothing else
-  running (timing measurements, whose numbers other processes would disturb).
+  running (timing measurements, whose numbers other processes would disturb); ``--quick``, whose
+  timings are smoke tests only, schedules it like the others.
 
 The results do not depend on any of them: every experiment's data is the same whichever process
 runs it (tests/test_benchmarks.py checks ``--jobs 1`` against ``--jobs 2`` byte for byte).
