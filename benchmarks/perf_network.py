@@ -181,6 +181,13 @@ def record_gemms(step) -> list:
     calls = []
 
     class _Rec(TorchDispatchMode):
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo unless this is False;
+            # the wrapper imports torch._dynamo on the first op (about 1 s of CPU, the only import of
+            # it left in ``benchmarks.run --quick``).  Nothing is compiled under this mode.
+            return False
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__
             if name in _GEMM_OPS and func.namespace == "aten":

@@ -228,16 +228,19 @@ def test_torch_checkpoint_resumes_exactly_with_ours(tmp_path, monkeypatch):
 
 
 def test_training_does_not_import_dynamo(tmp_path):
-    """A tiny benchmarks.train run, width's step timing and perf's probe baseline fit leave
-    torch._dynamo unimported (torch.optim.Adam imports it on first use: about 1 s of CPU)."""
+    """A tiny benchmarks.train run, width's step timing, perf's probe baseline fit and perf_network's
+    GEMM recorder leave torch._dynamo unimported (torch.optim.Adam imports it on first use, and so
+    does a TorchDispatchMode's wrapped __torch_dispatch__: about 1 s of CPU)."""
     code = f"""
 import sys, torch
 from benchmarks.train import get_preset, train
-from benchmarks import perf, width
+from benchmarks import perf, perf_network, width
 cfg = get_preset("smoke").replace(train_steps=4, warmup_steps=1, eval_every=2, checkpoint_every=2)
 train(cfg, {str(tmp_path / "run")!r}, progress=False)
 width.step_seconds(cfg, 8, probe_steps=3)
 perf._sgd_probes(torch.randn(2, 32, 4), torch.randn(32), steps=3, batch=8, lr=1e-2)
+lin = torch.nn.Linear(3, 2)
+assert perf_network.record_gemms(lambda: lin(torch.randn(4, 3)).sum().backward())  # a TorchDispatchMode
 print("dynamo imported:", "torch._dynamo" in sys.modules)
 """
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
