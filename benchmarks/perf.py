@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from construct.checkpoint import dumps_strict
 
+from benchmarks.adam import Adam
 from benchmarks.data import sample_prompts
 from benchmarks import perf_network, perf_targets
 from benchmarks.perf_reference import PAPER_GD_STEPS, PAPER_NEWTON_STEPS, time_reference_paths
@@ -130,7 +131,7 @@ def _sgd_probes(H: torch.Tensor, y: torch.Tensor, steps: int, batch: int, lr: fl
     for layer in range(L1):
         w = torch.zeros(D, requires_grad=True)
         b = torch.zeros((), requires_grad=True)
-        opt = torch.optim.Adam([w, b], lr=lr)
+        opt = Adam([w, b], lr=lr)
         Hl = Hf[layer]
         for _ in range(steps):
             idx = torch.randint(0, N, (batch,), generator=g)

@@ -5,7 +5,9 @@
     torchrun --standalone --nproc_per_node 2 -m benchmarks.train --preset smoke --out runs/ddp
 
 Setup of Garg et al. (2022): every prompt is fresh (x ~ N(0, Sigma), w* ~ N(0, I)), tokens
-interleave x_i and (y_i, 0..), and the loss is the squared error at every x position.  Adam,
+interleave x_i and (y_i, 0..), and the loss is the squared error at every x position.  Adam
+(:class:`benchmarks.adam.Adam`: bit-identical to ``torch.optim.Adam``, without its import of
+``torch._dynamo``; checkpoints of either resume in the other),
 optional warm-up and cosine/linear decay, and the curriculum over active dimensions and
 points.  Everything a run does is fixed by one frozen :class:`TrainConfig` (presets in
 :data:`PRESETS`), which is saved as JSON with every checkpoint.
@@ -62,6 +64,7 @@ import numpy as np
 import torch
 from construct.checkpoint import dumps_strict, sha256_file
 
+from benchmarks.adam import Adam
 from benchmarks.data import sample_prompts
 from construct.validate import config_from_dict
 from construct.checkpoint import (
@@ -365,7 +368,7 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict) -> None:
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def _optimizer_tensors(opt: Adam | torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for idx, st in sd["state"].items():
@@ -377,7 +380,7 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"], "state_scalars": scalars}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _load_optimizer(opt: Adam | torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     state: dict[int, dict] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -431,7 +434,7 @@ class RunDir:
             raise ValueError(f"--out {str(out)!r} is not writable")
 
     # ------------------------------------------------------------ write
-    def save(self, step: int, model: SavableModel, opt: torch.optim.Optimizer, cfg: TrainConfig,
+    def save(self, step: int, model: SavableModel, opt: Adam | torch.optim.Optimizer, cfg: TrainConfig,
              extra: dict, log_rows: list[dict]) -> Path:
         name = f"step_{step:08d}"
         final = self.ckpts / name
@@ -618,7 +621,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, max_minutes: float | Non
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr_at(0))
+    opt = Adam(model.parameters(), lr=cfg.lr_at(0))
     start_step, wall_before, loss_sum, loss_cnt, log_rows = 0, 0.0, 0.0, 0, []
 
     if resume:

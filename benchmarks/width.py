@@ -69,6 +69,7 @@ import numpy as np
 import torch
 from construct.checkpoint import dumps_strict
 
+from benchmarks.adam import Adam
 from benchmarks.data import sample_prompts, zero_predictor_mse
 from benchmarks.train import PRESETS, TrainConfig, build_model, evaluate, train, training_batch
 from construct.checkpoint import load_model
@@ -129,7 +130,7 @@ def step_seconds(base: TrainConfig, width: int, probe_steps: int = 12) -> float:
     cfg = width_config(base, width, max(probe_steps, 2))
     torch.manual_seed(0)
     model = build_model(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = Adam(model.parameters(), lr=1e-4)
     times = []
     with torch.enable_grad():
         for s in range(probe_steps):
