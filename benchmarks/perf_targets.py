@@ -43,9 +43,11 @@ from verify.reference import _prefix_stats, gd_predictions, newton_predictions, 
 
 POW2_GD_STEPS = [2**i for i in range(13)]  # 1 .. 4096
 
-FULL = {"sweep_B": 320, "newton_B": (64, 320), "loop_prompts": 16, "repeats": 5,
+# shape (n, d): the paper's 40 × 20 in full runs; --quick only smoke-tests the code paths (its ratios
+# mean nothing), on a smaller shape
+FULL = {"shape": (40, 20), "sweep_B": 320, "newton_B": (64, 320), "loop_prompts": 16, "repeats": 5,
         "verify": {"d": 20, "n": 40, "k": 10, "B": 64}, "verify_repeats": 15, "scaling_repeats": 3}
-QUICK = {"sweep_B": 16, "newton_B": (8, 16), "loop_prompts": 4, "repeats": 2,
+QUICK = {"shape": (12, 6), "sweep_B": 16, "newton_B": (8, 16), "loop_prompts": 4, "repeats": 2,
          "verify": {"d": 4, "n": 10, "k": 3, "B": 8}, "verify_repeats": 2, "scaling_repeats": 1}
 
 
@@ -74,10 +76,10 @@ def _sweep(X, y, gd_steps):
     return N, G
 
 
-def heatmap_sweep(B: int = 320, repeats: int = 5, seed: int = 0) -> dict:
-    X, y = _data(B, 40, 20, seed)
+def heatmap_sweep(B: int = 320, repeats: int = 5, seed: int = 0, n: int = 40, d: int = 20) -> dict:
+    X, y = _data(B, n, d, seed)
     S, _ = _prefix_stats(X, y)
-    out = {"config": {"B": B, "n": 40, "d": 20, "newton_steps": "1..23", "alpha": "code", "lr": 0.01}}
+    out = {"config": {"B": B, "n": n, "d": d, "newton_steps": "1..23", "alpha": "code", "lr": 0.01}}
     for name, grid in (("gd_grid_1300", PAPER_GD_STEPS), ("gd_pow2_4096", POW2_GD_STEPS)):
         t_sweep, t_eigh = interleaved([lambda: _sweep(X, y, grid), lambda: torch.linalg.eigh(S)], repeats)
         out[name] = {"seconds": {"sweep": t_sweep, "eigh_floor": t_eigh}, "ratio": t_sweep / t_eigh,
@@ -91,8 +93,8 @@ def heatmap_sweep(B: int = 320, repeats: int = 5, seed: int = 0) -> dict:
     return out
 
 
-def newton_vs_loop(B: int, loop_prompts: int, repeats: int, seed: int = 0) -> dict:
-    X, y = _data(B, 40, 20, seed)
+def newton_vs_loop(B: int, loop_prompts: int, repeats: int, seed: int = 0, n: int = 40, d: int = 20) -> dict:
+    X, y = _data(B, n, d, seed)
     m = max(1, min(loop_prompts, B))
     Xl, yl = X[:m], y[:m]
     t_auto, t_loop, t_batched = interleaved([
@@ -103,7 +105,7 @@ def newton_vs_loop(B: int, loop_prompts: int, repeats: int, seed: int = 0) -> di
     t_loop *= B / m
     auto = newton_predictions(X, y, PAPER_NEWTON_STEPS, "code")
     loop = newton_predictions(Xl, yl, PAPER_NEWTON_STEPS, "code", method="loop")
-    return {"config": {"B": B, "n": 40, "d": 20, "steps": "1..23", "alpha": "code",
+    return {"config": {"B": B, "n": n, "d": d, "steps": "1..23", "alpha": "code",
                        "loop": f"timed on {m} of {B} prompts, scaled x{B / m:g}"},
             "seconds": {"auto": t_auto, "batched": t_batched, "loop": t_loop},
             "ratio": t_loop / t_auto, "ratio_batched": t_loop / t_batched,
@@ -139,8 +141,9 @@ def verify_vs_forward(d: int = 20, n: int = 40, k: int = 10, B: int = 64, repeat
 
 def targets(quick: bool = False, seed: int = 0) -> dict:
     sz = QUICK if quick else FULL
-    sweep = heatmap_sweep(sz["sweep_B"], sz["repeats"], seed)
-    newton = {f"B={B}": newton_vs_loop(B, sz["loop_prompts"], sz["repeats"], seed) for B in sz["newton_B"]}
+    n, d = sz["shape"]
+    sweep = heatmap_sweep(sz["sweep_B"], sz["repeats"], seed, n, d)
+    newton = {f"B={B}": newton_vs_loop(B, sz["loop_prompts"], sz["repeats"], seed, n, d) for B in sz["newton_B"]}
     ver = verify_vs_forward(**sz["verify"], repeats=sz["verify_repeats"], seed=seed)
     checks = {
         f"heatmap sweep B={sz['sweep_B']} (GD grid to 1300) <= 1.3x eigh floor": sweep["gd_grid_1300"]["ratio"] <= 1.3,
@@ -169,8 +172,8 @@ def _fit(fn, sizes: list[int], repeats: int) -> dict:
 def scaling(quick: bool = False, seed: int = 0) -> dict:
     """Log-log slopes of each cost along B, n, d and k (the other sizes fixed at the base)."""
     r = (QUICK if quick else FULL)["scaling_repeats"]
-    base = {"B": 32, "n": 40, "d": 20, "k": 8}
-    sizes = ({"B": [8, 16], "n": [10, 20], "d": [4, 8], "k": [4, 8]} if quick else
+    base = {"B": 8, "n": 12, "d": 6, "k": 4} if quick else {"B": 32, "n": 40, "d": 20, "k": 8}
+    sizes = ({"B": [4, 8], "n": [6, 12], "d": [3, 6], "k": [2, 4]} if quick else
              {"B": [16, 32, 64, 128], "n": [20, 40, 80, 160], "d": [5, 10, 20, 40], "k": [4, 8, 16, 32]})
 
     def data(B, n, d):
@@ -234,11 +237,11 @@ def markdown(t: dict, sc: dict | None = None) -> str:
     for key in ("gd_grid_1300", "gd_pow2_4096"):
         s = sw[key]
         c = sw["config"]
-        lines.append(f"| heatmap sweep vs eigh floor | B={c['B']} d=20 n=40, Newton 1-23 + GD {s['gd_steps']} | "
+        lines.append(f"| heatmap sweep vs eigh floor | B={c['B']} d={c['d']} n={c['n']}, Newton 1-23 + GD {s['gd_steps']} | "
                      f"{s['seconds']['sweep']:.3g} | {s['seconds']['eigh_floor']:.3g} (eigh) | {s['ratio']:.2f}x | <= 1.3x | "
                      f"{'yes' if s['ratio'] <= 1.3 else 'NO'} |")
     for k, v in nv.items():
-        lines.append(f"| Newton 1-23, auto vs tight numpy loop | {k} d=20 n=40 ({v['config']['loop']}) | "
+        lines.append(f"| Newton 1-23, auto vs tight numpy loop | {k} d={v['config']['d']} n={v['config']['n']} ({v['config']['loop']}) | "
                      f"{v['seconds']['auto']:.3g} | {v['seconds']['loop']:.3g} | {v['ratio']:.1f}x | >= 5x | "
                      f"{'yes' if v['ratio'] >= 5 else 'NO'} |")
     c = ve["config"]

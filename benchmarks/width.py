@@ -528,7 +528,7 @@ def _register() -> None:
     from benchmarks.run import EXPERIMENTS, experiment
 
     if "f" not in EXPERIMENTS:
-        experiment("f", "f_width", "Width ablation: trained width vs the construction's 3d+2", cost=1.2)(_exp_width)
+        experiment("f", "f_width", "Width ablation: trained width vs the construction's 3d+2", cost=1.3)(_exp_width)
 
 
 _register()

@@ -92,6 +92,6 @@ def heatmaps(ctx: Context, s: Suite, folder: str) -> dict:
 
 
 
-@experiment("b", "b_similarity", "SimE / SimW heatmaps: layers × Newton and GD steps", group="suite-kappa1", cost=0.4)
+@experiment("b", "b_similarity", "SimE / SimW heatmaps: layers × Newton and GD steps", group="suite-kappa1", cost=0.3)
 def exp_heatmaps(ctx: Context) -> dict:
     return heatmaps(ctx, ctx.suite(1.0), "b_similarity")

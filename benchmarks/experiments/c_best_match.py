@@ -101,6 +101,6 @@ def best_match_trends(ctx: Context, s: Suite, folder: str) -> dict:
 
 
 @experiment("c", "c_best_match", "Best-matching steps vs layer: linear (Newton) vs exponential (GD)",
-            group="suite-kappa1", cost=0.2)
+            group="suite-kappa1", cost=0.15)
 def exp_best_match(ctx: Context) -> dict:
     return best_match_trends(ctx, ctx.suite(1.0), "c_best_match")

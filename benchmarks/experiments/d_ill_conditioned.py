@@ -32,7 +32,7 @@ def _trained_kappa(source: str) -> float | None:
         return None
 
 
-@experiment("d", "d_ill_conditioned", "Ill-conditioned data (κ = 100): a–c again", cost=1.4)
+@experiment("d", "d_ill_conditioned", "Ill-conditioned data (κ = 100): a–c again", cost=1.5)
 def exp_ill(ctx: Context) -> dict:
     s = ctx.suite(ILL_KAPPA)
     parts = [convergence(ctx, s, "d_ill_conditioned"), heatmaps(ctx, s, "d_ill_conditioned"),

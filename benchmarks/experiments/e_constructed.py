@@ -32,7 +32,7 @@ def _best_row(P, s: Suite, fam: str) -> tuple[int, float]:
 
 
 @experiment("e", "e_constructed", "Constructed k-step network vs trained model; LSTM vs online GD",
-            group="suite-kappa1", cost=1.6)
+            group="suite-kappa1", cost=1.0)
 def exp_constructed(ctx: Context) -> dict:
     from construct import build_newton_transformer, safe_alpha
     from verify import newton_predictions, online_gd_predictions

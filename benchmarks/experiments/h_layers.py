@@ -78,7 +78,7 @@ def layer_curves(X, y, L_max: int) -> dict:
     return {"alpha": alpha, "lr": lr, "curves": curves, "ols_nmse_last": float(M.nmse(ols, y, d)[0])}
 
 
-@experiment("h", "h_layers", "Accuracy against layers: constructed Newton (3 forms), constructed GD, trained", cost=1.2)
+@experiment("h", "h_layers", "Accuracy against layers: constructed Newton (3 forms), constructed GD, trained", cost=1.1)
 def exp_layers(ctx: Context) -> dict:
     out = ctx.dir("h_layers")
     B = 32 if ctx.quick else 256

@@ -214,7 +214,7 @@ def _trained_family(ctx: Context, name: str, kappa: float) -> dict | None:
 
 
 # ====================================================================== the experiment
-@experiment("m", FOLDER, "Every model, both conventions: heatmaps, trends, Table 1 with bootstrap intervals", cost=3.5)
+@experiment("m", FOLDER, "Every model, both conventions: heatmaps, trends, Table 1 with bootstrap intervals", cost=3.6)
 def exp_models(ctx: Context) -> dict:
     sz = M_QUICK if ctx.quick else M_FULL
     out = ctx.dir(FOLDER)
