@@ -39,6 +39,7 @@ import argparse
 
 from construct.cli import HelpFormatter
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -272,7 +273,12 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    # Everything is written and closed.  Interpreter shutdown would now walk every object torch and
+    # matplotlib created, about 0.4-0.6 s here (measured: `python -c "import torch"` exits 0.35 s
+    # sooner with gc.freeze()); frozen objects are skipped by those final collections.
+    gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

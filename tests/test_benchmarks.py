@@ -552,9 +552,14 @@ def test_quick_run_in_one_process_writes_the_same_data_as_two(quick_run, tmp_pat
         R.EXPERIMENTS[k].folder for k in R.EXPERIMENTS]
 
 
-def _toy_registry(monkeypatch, fail: str | None = None):
-    """Three experiments registered r, q, p; p is the heaviest (runs first), q the lightest."""
+def _toy_registry(monkeypatch, fail: str | None = None, die: bool = False):
+    """Three experiments registered r, q, p; p is the heaviest (runs first), q the lightest.
+    ``fail``: that experiment raises, or (``die``, only in a worker process) exits abruptly."""
+    import os
+
     from benchmarks.experiments import parallel, registry
+
+    main_pid = os.getpid()
 
     reg: dict = {}
     monkeypatch.setattr(registry, "EXPERIMENTS", reg)
@@ -564,8 +569,10 @@ def _toy_registry(monkeypatch, fail: str | None = None):
         def fn(ctx):
             time.sleep(seconds)
             if key == fail:
+                if die and os.getpid() != main_pid:
+                    os._exit(3)  # a worker killed mid-experiment: no report reaches the main process
                 raise ArithmeticError(f"toy failure in {key}")
-            ctx.check(f"check_{key}", True, pid=__import__("os").getpid())
+            ctx.check(f"check_{key}", True, pid=os.getpid())
             ctx.note(f"note from {key}")
             ctx.note("shared note")
             (ctx.dir(key) / "x.txt").write_text(key)
@@ -634,3 +641,11 @@ def test_layer_curves_last_prefix_equals_predict_all_last_column(d, n, B):
             full = model.predict_all(X, y)[:, -1]
             last = model.predict(X[:, :-1], y[:, :-1], X[:, -1])
             assert torch.equal(full, last), (form, L, (full - last).abs().max().item())
+
+
+def test_jobs_worker_that_dies_raises_naming_the_unfinished_experiments(monkeypatch, tmp_path):
+    from benchmarks.experiments import parallel
+
+    _toy_registry(monkeypatch, fail="r", die=True)
+    with pytest.raises(parallel.WorkerError, match=r"(?s)one of the experiments \['r'.*exited without reporting"):
+        parallel.run_experiments(_toy_ctx(tmp_path), ["p", "q", "r"], jobs=2)

@@ -196,9 +196,10 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
                 open_conns.remove(c)
                 if kind == "error":
                     key, tb = payload
-                    missing = [k for u in units for k in u if k not in outcomes and k != key]
-                    raise WorkerError(f"experiment {key!r} failed in a --jobs worker process (rerun with "
-                                      f"--jobs 1 --only {key or ','.join(missing)} to debug it there):\n{tb}")
+                    missing = [k for u in units for k in u if k not in outcomes]
+                    what = f"experiment {key!r} failed" if key else f"one of the experiments {missing} failed"
+                    raise WorkerError(f"{what} in a --jobs worker process (rerun with --jobs 1 --only "
+                                      f"{key or ','.join(missing)} to debug it in one process):\n{tb}")
                 break
 
     try:
