@@ -649,3 +649,46 @@ def test_jobs_worker_that_dies_raises_naming_the_unfinished_experiments(monkeypa
     _toy_registry(monkeypatch, fail="r", die=True)
     with pytest.raises(parallel.WorkerError, match=r"(?s)one of the experiments \['r'.*exited without reporting"):
         parallel.run_experiments(_toy_ctx(tmp_path), ["p", "q", "r"], jobs=2)
+
+
+def test_jobs_with_torch_threads_runs_in_one_process_instead_of_hanging(tmp_path):
+    """Torch's CPU kernels run on GNU OpenMP, which is not fork-safe: a forked worker that enters a
+    parallel region after its parent ran one waits forever (``--threads 0`` or ``--threads 2`` with
+    ``--jobs 2``, from any process that has computed something).  With more than one torch thread
+    the runner must run the experiments in its own process and say so in a note."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = """
+import os, sys, torch
+torch.set_num_threads(2)
+torch.exp(torch.randn(2000, 2000)).sum()  # this process has run an OpenMP parallel region
+from benchmarks.experiments import QUICK, Context, parallel, registry
+registry.EXPERIMENTS.clear()
+def make(key):
+    def fn(ctx):
+        torch.exp(torch.randn(2000, 2000)).sum()  # so does every experiment: a forked one hangs here
+        ctx.check("check_" + key, True, pid=os.getpid())
+    return fn
+for key in "ab":
+    registry.experiment(key, key + "_folder", key)(make(key))
+ctx = Context(sys.argv[1], True, 0, "cpu", QUICK, None, "", None, "")
+outcomes, _ = parallel.run_experiments(ctx, ["a", "b"], jobs=2)
+print(list(outcomes), sorted({c["pid"] for c in ctx.checks.values()}) == [os.getpid()])
+print(ctx.notes)
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # the script and its hung worker
+        p.communicate()
+        pytest.fail("run_experiments(jobs=2) with 2 torch threads hung (a forked worker in OpenMP)")
+    assert p.returncode == 0, err[-3000:]
+    lines = out.strip().splitlines()
+    assert lines[0] == "['a', 'b'] True", out
+    assert "--jobs 2: torch runs 2 threads" in lines[1] and "ran in one process" in lines[1], out

@@ -13,6 +13,10 @@ from one shared queue until none is left:
   ``--quick``, where g's workloads are too small for its timings to mean anything (it is a smoke
   test of the code paths there), and g takes its turn in the queue like the others.
 
+Workers are forked only where that is safe (:func:`usable_jobs`): with torch at more than one
+thread (``--threads 0`` or ``2``) a forked worker can hang in OpenMP, so the experiments then run
+in one process, with a note in the summary.
+
 What an experiment leaves in the context (checks, files, notes, non-finite numbers, the suites'
 timings) is recorded per experiment and put back together in registration order, so that
 summary.json and summary.md are laid out exactly as in a one-process run.  Every data file is the
@@ -83,6 +87,24 @@ def plan(keys: list[str], alone: bool = True) -> tuple[list[list[str]], list[str
     return ranked, [k for k in keys if alone and EXPERIMENTS[k].alone]
 
 
+def usable_jobs(jobs: int) -> tuple[int, str | None]:
+    """(processes, why fewer): ``jobs`` where forking is possible and safe here, else 1 and the reason.
+
+    Forking needs ``fork`` (POSIX) and torch at one thread.  Torch's CPU kernels run on GNU OpenMP,
+    which is not fork-safe: a forked process that enters a parallel region after its parent ran one
+    waits forever (measured with torch 2.13: parent and worker at 2 threads, one 2000×2000 ``exp``
+    each; tests/test_benchmarks.py).  At one thread torch enters no parallel region.
+    """
+    if jobs <= 1:
+        return jobs, None
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1, f"--jobs {jobs}: this platform cannot fork; the experiments ran in one process"
+    if (threads := torch.get_num_threads()) > 1:
+        return 1, (f"--jobs {jobs}: torch runs {threads} threads, and its OpenMP is not fork-safe (a forked "
+                   "worker can hang); the experiments ran in one process (--threads 1 runs them side by side)")
+    return jobs, None
+
+
 def run_one(ctx, e: Experiment) -> Outcome:
     """Run ``e`` on ``ctx`` and record what it added to the context."""
     checks = dict(ctx.checks)
@@ -143,7 +165,8 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
                     on_done: Callable[[Outcome], None] = lambda o: None) -> tuple[dict[str, Outcome], list[SuiteStats]]:
     """Run ``keys`` on ``ctx`` in ``jobs`` processes: ({key: Outcome} in registration order, the suites).
 
-    ``jobs == 1`` (or a platform without ``fork``) runs everything here in registration order.
+    ``jobs == 1`` (or fewer :func:`usable_jobs`: no ``fork``, or torch at more than one thread)
+    runs everything here in registration order.
     Otherwise see the module docstring (``alone=False`` schedules the ``alone`` experiments like
     the others); ``ctx`` ends up with the checks, files, notes and
     non-finite lists of all experiments, in registration order.  ``on_start`` / ``on_done`` are
@@ -152,9 +175,9 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
     order = {k: i for i, k in enumerate(EXPERIMENTS)}
     keys = sorted(keys, key=order.__getitem__)
     units, last = plan(keys, alone)
-    if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
-        ctx.note(f"--jobs {jobs}: this platform cannot fork; the experiments ran in one process")
-        jobs = 1
+    jobs, why = usable_jobs(jobs)
+    if why:
+        ctx.note(why)
     if jobs <= 1 or len(units) <= 1:
         outcomes = _serial(ctx, keys, on_start, on_done)
         stats = [SuiteStats(k, s.timings, s.n_layers) for k, s in ctx._suites.items()]
@@ -244,4 +267,4 @@ def _merge(ctx, keys: list[str], outcomes: dict[str, Outcome], base) -> tuple[di
     return {k: outcomes[k] for k in keys}, stats
 
 
-__all__ = ["Outcome", "SuiteStats", "WorkerError", "plan", "run_experiments", "run_one"]
+__all__ = ["Outcome", "SuiteStats", "WorkerError", "plan", "run_experiments", "run_one", "usable_jobs"]
