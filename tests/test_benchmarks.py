@@ -692,3 +692,47 @@ print(ctx.notes)
     lines = out.strip().splitlines()
     assert lines[0] == "['a', 'b'] True", out
     assert "--jobs 2: torch runs 2 threads" in lines[1] and "ran in one process" in lines[1], out
+
+
+def test_jobs_merge_places_a_shared_note_where_a_one_process_run_does(monkeypatch, tmp_path):
+    """Two experiments make the same note and the later-registered one runs first in a process (it
+    is heavier): the merged notes still follow registration order, as in one process."""
+    from benchmarks.experiments import parallel
+
+    reg = _toy_registry(monkeypatch)  # registered r, q, p, z; each notes "note from KEY", then "shared note"
+    one = _toy_ctx(tmp_path / "one")
+    parallel.run_experiments(one, ["r", "p"], jobs=1)
+    ctx = _toy_ctx(tmp_path / "two")
+    base = (dict(ctx.checks), {}, list(ctx.notes), list(ctx.nonfinite))
+    outcomes = {"p": parallel.run_one(ctx, reg["p"])}  # p first, as the heaviest unit would
+    outcomes["r"] = parallel.run_one(ctx, reg["r"])
+    assert ctx.notes == ["note from p", "shared note", "note from r"]  # this process's own order
+    parallel._merge(ctx, ["r", "p"], outcomes, base)
+    assert ctx.notes == one.notes == ["note from r", "shared note", "note from p"]
+
+
+def test_jobs_failed_fork_ends_the_workers_already_started(monkeypatch, tmp_path):
+    """The second fork fails: the first worker must not be left running (nobody would read its
+    pipe, and interpreter exit would wait for it)."""
+    import multiprocessing
+    import multiprocessing.context
+
+    from benchmarks.experiments import parallel, registry
+
+    reg: dict = {}
+    monkeypatch.setattr(registry, "EXPERIMENTS", reg)
+    monkeypatch.setattr(parallel, "EXPERIMENTS", reg)
+    for key in "abc":  # the main process takes a; the first worker takes b and is still in it
+        registry.experiment(key, key, key)(lambda ctx: time.sleep(2.0))
+    real_start, started = multiprocessing.context.ForkProcess.start, []
+
+    def start(self):
+        if started:
+            raise OSError("fork failed (test)")
+        started.append(self)
+        real_start(self)
+    monkeypatch.setattr(multiprocessing.context.ForkProcess, "start", start)
+    with pytest.raises(OSError, match=r"fork failed \(test\)"):
+        parallel.run_experiments(_toy_ctx(tmp_path), ["a", "b", "c"], jobs=3)
+    assert len(started) == 1 and not started[0].is_alive() and started[0].exitcode is not None
+    assert multiprocessing.active_children() == []

@@ -8,6 +8,7 @@ from one shared queue until none is left:
 * a unit is one experiment, or every experiment of one ``group`` (registry hint) in registration
   order, so that data they share through the context (``ctx.suite(1.0)``) is computed once;
 * units start heaviest first (sum of the registry's ``cost`` hints), which balances the processes;
+  the main process takes the heaviest before it forks;
 * experiments registered ``alone`` (the performance table g) run afterwards in the main process,
   with nothing else running, so that their timings are not disturbed.  The runner lifts this in
   ``--quick``, where g's workloads are too small for its timings to mean anything (it is a smoke
@@ -109,15 +110,24 @@ def run_one(ctx, e: Experiment) -> Outcome:
     """Run ``e`` on ``ctx`` and record what it added to the context."""
     checks = dict(ctx.checks)
     files = {k: len(v) for k, v in ctx.files.items()}
-    n_notes, n_bad = len(ctx.notes), len(ctx.nonfinite)
+    n_bad = len(ctx.nonfinite)
     suites, n_asked = set(ctx._suites), len(ctx.suites_asked)
     ctx.current = e.folder
+    # every note the experiment makes, also one that an experiment before it in this process made
+    # (ctx.note keeps the first): its place in the merged list is that of the first experiment in
+    # registration order to make it, as in a one-process run, whichever ran first here
+    before, ctx.notes = ctx.notes, []
     t0 = time.perf_counter()
-    result = e.fn(ctx) or {}
+    try:
+        result = e.fn(ctx) or {}
+    finally:
+        own, ctx.notes = ctx.notes, before
+        for msg in own:
+            ctx.note(msg)
     out = Outcome(e.key, result, time.perf_counter() - t0)
     out.checks = [(k, v) for k, v in ctx.checks.items() if checks.get(k) is not v]
     out.files = {k: v[files.get(k, 0):] for k, v in ctx.files.items() if len(v) > files.get(k, 0)}
-    out.notes, out.nonfinite = ctx.notes[n_notes:], ctx.nonfinite[n_bad:]
+    out.notes, out.nonfinite = own, ctx.nonfinite[n_bad:]
     out.suites = {k: (dict(s.timings), s.n_layers) for k, s in ctx._suites.items() if k not in suites}
     out.asked = ctx.suites_asked[n_asked:]
     return out
@@ -194,16 +204,8 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
         return i if i < len(units) else None
 
     threads = torch.get_num_threads()
-    procs, conns = [], []
-    for _ in range(min(jobs, len(units)) - 1):
-        recv, send = mp.Pipe(duplex=False)
-        p = mp.Process(target=_worker, args=(ctx, units, take, send, threads), daemon=False)
-        p.start()
-        send.close()
-        procs.append(p)
-        conns.append(recv)
+    procs, open_conns = [], []
     outcomes: dict[str, Outcome] = {}
-    open_conns = list(conns)
 
     def collect(block: bool) -> None:
         for c in list(open_conns):
@@ -225,13 +227,24 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
                                       f"{key or ','.join(missing)} to debug it in one process):\n{tb}")
                 break
 
-    try:
-        while (i := take()) is not None:
+    # the main process takes its first unit (the heaviest) before any fork, so that which process
+    # runs it does not depend on how soon a new worker is scheduled
+    i = take()
+    try:  # from the first fork on: whatever raises here, the finally ends the workers started so far
+        for _ in range(min(jobs, len(units)) - 1):
+            recv, send = mp.Pipe(duplex=False)
+            p = mp.Process(target=_worker, args=(ctx, units, take, send, threads), daemon=False)
+            open_conns.append(recv)
+            p.start()
+            procs.append(p)
+            send.close()  # before the next fork: the next worker must not hold this one's write end
+        while i is not None:
             for key in units[i]:
                 on_start(EXPERIMENTS[key])
                 outcomes[key] = run_one(ctx, EXPERIMENTS[key])
                 on_done(outcomes[key])
             collect(block=False)
+            i = take()
         collect(block=True)
     finally:
         for p in procs:
