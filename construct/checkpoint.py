@@ -411,6 +411,8 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device
         # meta tensors goes through torch._refs, whose first use imports sympy, ~0.5 s)
         model = model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu") if t.is_meta else t)
     model.load_state_dict(state)
+    if hasattr(model, "_materialize_block_specs"):  # hand-built: its block descriptions were built on meta too
+        model._materialize_block_specs()
     if dtype is not None:
         model = model.to(dtype=dtype)
     return model.to(device)

@@ -22,19 +22,50 @@ _NONFINITE_HINT = ("Likely causes: a step size too large for this dtype, data to
                    "Newton has converged long before, so use fewer steps k.")
 
 
+def _tensors(obj):
+    """The tensors inside a block description (dataclasses, dicts, lists), depth first."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, f.name))
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
 PREFIX_GROUPS = 16  # predict_all runs the n prefixes in at most this many length groups (≈ 10% padding)
 
 
 class HandBuiltModel(HookedMixin, SavableModel):
     """What every hand-built network shares: prompt encoding, prediction, caches, hooks.
 
-    Subclasses set ``spec`` (with ``d``, ``n_prefix``, ``normalize``, ``adaptive``), ``layout``,
-    ``block_specs``, ``schedule`` and ``transformer``, and define ``_alpha_check``.
+    Subclasses name their builders ``_make_layout(spec)`` and ``_make_blocks(spec, layout)``;
+    ``__init__(spec)`` sets ``spec`` (with ``d``, ``n_prefix``, ``normalize``, ``adaptive``),
+    ``layout``, ``block_specs``, ``schedule`` and ``transformer``.  They define ``_alpha_check``.
     Shapes: X (B, n, d), y (B, n), x_query (B, d).  Tokens are (B, P + n + 1, D): P prefix
     tokens, n train tokens, then the query.
     """
 
     _program = "newton"  # what construct.precision.check_precision's message names ("gd": GD steps, learning rate)
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+        self.layout: ResidualLayout = self._make_layout(spec)
+        self.block_specs, self.schedule = self._make_blocks(spec, self.layout)
+        self.transformer: Transformer = assemble(spec, self.layout, self.block_specs, self.schedule)
+
+    def _materialize_block_specs(self) -> None:
+        """Rebuild ``block_specs`` on the CPU when the model was built on the meta device (as
+        :func:`construct.load_model` does, to size a config before allocating it): the weights are
+        loaded into ``transformer``, but the block descriptions would keep meta tensors."""
+        if any(t.is_meta for bs in self.block_specs for t in _tensors(bs)):
+            with torch.device("cpu"):
+                self.block_specs, _ = self._make_blocks(self.spec, self.layout)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -254,12 +285,11 @@ class NewtonTransformer(HandBuiltModel):
     tokens, n train tokens, then the query.
     """
 
+    _make_layout = staticmethod(make_layout)
+    _make_blocks = staticmethod(make_blocks)
+
     def __init__(self, spec: NewtonSpec):
-        super().__init__()
-        self.spec = spec
-        self.layout: ResidualLayout = make_layout(spec)
-        self.block_specs, self.schedule = make_blocks(spec, self.layout)
-        self.transformer: Transformer = assemble(spec, self.layout, self.block_specs, self.schedule)
+        super().__init__(spec)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -410,12 +440,11 @@ class GDTransformer(HandBuiltModel):
     :mod:`construct.blocks.gd`.
     """
 
+    _make_layout = staticmethod(make_gd_layout)
+    _make_blocks = staticmethod(make_gd_blocks)
+
     def __init__(self, spec: GDSpec):
-        super().__init__()
-        self.spec = spec
-        self.layout: ResidualLayout = make_gd_layout(spec)
-        self.block_specs, self.schedule = make_gd_blocks(spec, self.layout)
-        self.transformer: Transformer = assemble(spec, self.layout, self.block_specs, self.schedule)
+        super().__init__(spec)
 
     _program = "gd"
 

@@ -88,6 +88,32 @@ and m(s) = (1 − (1 − αs²)^(2^k))/s, so M_k = m(S) and w̃_i = m(s_i) b̃_i
    read-out's Newton step (residual power 4·3^j).  It replaces a Newton-k stand-in (2^k ≥ 4·3^j
    Newton steps, matrix form), with which the 10,000-case fuzz found 4 silent float32 hyperpower
    cases (all with ridge prefix tokens, i.e. y_⊥ ≠ 0, term 5).
+6b. *Order-p steps, any p ≥ 2* (``orders`` entries p ≥ 4; the references'
+   ``verify.newton_predictions(order=p)``).  M' = M Σ_{i<p} (I − SM)^i = Σ_{j<p} (−1)^j C(p, j+1)·M(SM)^j
+   has I − SM' = R^p (S M' = (I − R) Σ_{i<p} R^i = I − R^p), so on an eigenvalue s,
+   m' = m Σ_{i<p} (1 − sm)^i and 1 − sm' = (1 − sm)^p.  With δR = −S δM,
+   δ(R^p) = Σ_{i+j=p−1} R^i δR R^j, so an error component between directions with residual factors
+   a, b is multiplied by g_p(a, b) = Σ_{i+j=p−1} a^i b^j (= (a^p − b^p)/(a − b); g₂ = a + b,
+   g₃ = a² + ab + b²): g_p(1, 1) = p on null-null, so the matrix form's null block grows ×p per
+   step, m_null,t = min(p^t·αδ, 1/δ) (term 4); g_p(1, 0) = 1 on null-range (or off-range) once
+   converged; g_p(0, 0) = 0 on converged range-range.  The query's slots (8) take g_p(r, 1) =
+   1 + r + … + r^(p−1); α's derivative (7) the residual power P = ∏ p over the steps.  Injected per
+   step: γu·|m|·Σ_{j<p} C(p, j+1)(s|m|)^j = γu·|m|·((1 + s|m|)^p − 1)/(s|m|), the size of the step's
+   terms (2 + s|m| for Newton, 3 + 3s|m| + (s|m|)² for order 3); on converged directions
+   (s|m| = 1) 2^p − 1: the converged tail's constants 3 (Newton), 7 (order 3), 15 (order 4), 31
+   (order 5).  p = 2 and 3 keep their own expressions, bit for bit.
+   *Measured, and why no guard uses it for p ≥ 4*: the matrix-form bound against the float64
+   reference recurrences (``newton_predictions(method="batched")``, every order on the same prompts)
+   and a longdouble order-p recurrence (tests/test_order_p.py, :func:`calibrate`; 300 random prompts,
+   κ(S) up to 1e7, rank-deficient prefixes, ridge, α a rule or 1e-4…0.999 of the convergent range,
+   k up to where every rank-deficient prefix is refused): measured error / bound median 1.0e-3,
+   1.0e-3, 5e-4, 3e-4 and max 20, 562, 296, 122 for p = 2, 3, 4, 5 (q99 0.06, 0.54, 0.29, 0.12).
+   The matrix form misses two effects for *every* order: full-rank S with κ(S) ≳ 1e6 once the
+   slowest direction has converged (Newton, κ = 2e7, k = 54: measured 7.8e-10, bound 3.8e-11 — a
+   silent wrong number from ``verify.newton_predict``, not derived here), and rank-deficient
+   prefixes whose null block has left the linear regime (errors ≫ rtol, already refused).  For
+   p ≥ 4 the margin near rtol is < 10× (order 4: 2.4e-10 measured against a bound of 1.1e-10), so
+   ``newton_predictions`` refuses order-p ≥ 4 recurrences outright (spectral is exact in form).
 7. *Adaptive α* (``alpha_rtol``).  The network computes α itself: τ̂_p by sums of products
    (relative error ≤ γ_τ u, γ_τ = p·γ) and the PL function f (:mod:`construct.adaptive`; its K
    non-negative terms add (K + 1)u).  On the active tangent piece j, τ|f'(τ)|/f(τ) ≤
@@ -155,6 +181,7 @@ dtypes=(torch.float32,))``): 30 silent in 3,000 cases without this estimate, 0 i
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 
 import torch
@@ -199,8 +226,43 @@ FORMS = ("default", "merged", "matrix", "hyperpower")
 
 def _gain(q: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """|g_q(a, b)|: the linearised factor of one order-q step on an error component between two
-    directions with residual factors a, b (module doc, 5): a + b (Newton), a² + ab + b² (order 3)."""
-    return (a + b).abs() if q == 2 else (a * a + a * b + b * b).abs()
+    directions with residual factors a, b (module doc, 5, 6, 6b): a + b (Newton), a² + ab + b²
+    (order 3), g_q(a, b) = Σ_{i+j=q−1} a^i b^j (order q, by Horner: g_q = a·g_{q−1} + b^(q−1))."""
+    if q == 2:
+        return (a + b).abs()
+    if q == 3:
+        return (a * a + a * b + b * b).abs()
+    g, bp = torch.ones_like(a + b), torch.ones_like(b)  # g_1 = 1, b^0
+    for _ in range(q - 1):
+        bp = bp * b
+        g = a * g + bp
+    return g.abs()
+
+
+def _size(q: int, sm: torch.Tensor) -> torch.Tensor:
+    """The size of one order-q step's terms over |m| (module doc, 6b): M' = Σ_{j<q} (−1)^j C(q, j+1)·M(SM)^j,
+    so Σ_j C(q, j+1)·(s|m|)^j = ((1 + s|m|)^q − 1)/(s|m|): 2 + s|m| (Newton), 3 + 3s|m| + (s|m|)² (order 3)."""
+    if q == 2:
+        return 2 + sm
+    if q == 3:
+        return 3 + 3 * sm + sm * sm
+    out = torch.zeros_like(sm)
+    for j in range(q - 1, -1, -1):  # Horner over the binomial coefficients
+        out = out * sm + math.comb(q, j + 1)
+    return out
+
+
+def _step_m(q: int, s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """m' of one order-q step on an eigenvalue s: m' = m·Σ_{i<q} (1 − s m)^i, so 1 − s m' = (1 − s m)^q."""
+    if q == 2:
+        return 2 * m - s * m * m
+    if q == 3:
+        return 3 * m - 3 * s * m * m + s * s * m * m * m
+    E, acc, P = 1 - s * m, m, m
+    for _ in range(q - 1):
+        P = P * E
+        acc = acc + P
+    return acc
 
 
 def precision_estimate(X, y, x_query, alpha_eff, k: int, *, lam: float = 0.0, dtype: torch.dtype = F64,
@@ -213,15 +275,16 @@ def precision_estimate(X, y, x_query, alpha_eff, k: int, *, lam: float = 0.0, dt
     "merged", "hyperpower"), or "matrix" for the reference that forms M_k as a matrix
     (:func:`verify.newton_predict`), whose null-null block doubles round-off (term 4) but which
     has no slot c and no per-token slots (term 5).  ``orders``: the orders of the steps after
-    M₀ = αS (2 = Newton, 3 = order-3 hyperpower); None means k Newton steps.  ``alpha_rtol``:
+    M₀ = αS (2 = Newton, 3 = order-3 hyperpower, p ≥ 4 the order-p hyperpower step of term 6b, whose
+    bound is derived but not calibrated to the guard's margin); None means k Newton steps.  ``alpha_rtol``:
     relative error of α as the network computes it (adaptive α, :func:`adaptive_alpha_rtol`; 0 for
     a fixed α, which is exact in the weights).  See the module docstring.
     """
     if form not in FORMS:
         form = "merged"  # unknown (newer) forms: the most conservative estimate
     orders = tuple(orders) if orders is not None else (2,) * int(k)
-    if any(q not in (2, 3) for q in orders):
-        raise ValueError(f"orders must be 2 (Newton) or 3 (order-3 hyperpower) steps, got {orders!r}")
+    _check_orders(orders, "orders")
+    orders = tuple(operator.index(q) for q in orders)
     X = torch.as_tensor(X).to(F64)
     y = torch.as_tensor(y).to(F64)
     B, n, d = X.shape
@@ -230,14 +293,26 @@ def precision_estimate(X, y, x_query, alpha_eff, k: int, *, lam: float = 0.0, dt
     return _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol, X, y)
 
 
+def _check_orders(orders: tuple, name: str) -> None:
+    """Each step's order must be an integer p ≥ 2 (2 = Newton, 3 = order 3, p = the order-p hyperpower step)."""
+    for q in orders:
+        if isinstance(q, bool) or not hasattr(q, "__index__") or operator.index(q) < 2:
+            what = "integers" if name == "orders" else "an integer"
+            raise ValueError(f"{name} must be {what} >= 2 (2 = Newton, 3 = order 3, p = order-p hyperpower "
+                             f"steps), got {q!r}")
+
+
 def precision_estimate_stats(S, b, x_query, alpha_eff, steps, *, n, dtype: torch.dtype = F64, order: int = 2,
                              ridge: bool = False) -> torch.Tensor:
     """:func:`precision_estimate` for the matrix form (``form="matrix"``) at every step count in
     ``steps`` at once -> (len(steps), B), from the prompt statistics S = XᵀX + λI (B, d, d) and
     b = Xᵀy (B, d), with ``n`` (int or (B,)) examples per prompt (``ridge``: λ > 0, d more terms
     per sum): what :func:`verify.newton_predictions` has for every prefix, without re-forming X.
-    ``order`` 2 (Newton) or 3 (order-3 steps)."""
+    ``order``: any p ≥ 2 (2 = Newton, 3 = order 3, p the order-p hyperpower step, module doc 6b; for
+    p ≥ 4 derived but not calibrated: :func:`verify.newton_predictions` refuses those recurrences)."""
     steps = [int(k) for k in steps]
+    _check_orders((order,), "order")
+    order = operator.index(order)
     S = torch.as_tensor(S).to(F64)
     return _estimate(S, torch.as_tensor(b).to(F64), x_query, alpha_eff, (order,) * max(steps, default=0), n, dtype,
                      "matrix", 1.0 if ridge else 0.0, 0.0, None, None, ks=steps)
@@ -317,9 +392,9 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         T = len(orders)
         for t in range(T, -1, -1):
             q, iU, iq = sched[t] if t < len(sched) else (orders[t - 1], *sched[-1][1:])
-            if t >= len(sched):  # converged tail (beyond 200 steps): terms of size 3 (Newton) / 7 (order 3)
-                iU = gamma * u * Un_k * (3 if q == 2 else 7)
-                iq = gamma * u * mmax_k * (3 if q == 2 else 7)
+            if t >= len(sched):  # converged tail (beyond 200 steps): terms of size 2^q − 1 (3 Newton, 7 order 3)
+                iU = gamma * u * Un_k * (2 ** q - 1)
+                iq = gamma * u * mmax_k * (2 ** q - 1)
             if tokens:  # squared: the steps' round-off is independent, summed as √Σ (module doc, 5)
                 tot = tot + iU.pow(2) * (wx[:, :, None] * Gp * wy[:, None, :]).pow(2).sum((-2, -1))
             if qslots:
@@ -379,7 +454,7 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         out[0] = finish(e, g, m, ())
     for t, q in enumerate(orders[:steps]):
         sm = (s * m.abs()).amax(-1)  # max s|m| = max|1 − r^P| ≤ 2
-        size = (2 + sm) if q == 2 else (3 + 3 * sm + sm * sm)  # the step's terms, over |m| (or ‖U‖)
+        size = _size(q, sm)  # the step's terms, over |m| (or ‖U‖)
         inj = gamma * u * torch.maximum(m.abs().amax(-1), mnull) * size
         mnull = torch.minimum(q * mnull, mcap)
         e = _gain(q, rp[:, :, None], rp[:, None, :]) * e + inj[:, None, None]
@@ -388,7 +463,7 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         if tokens or qslots:
             rps.append(rp)
             sched.append((q, gamma * u * Un * size, inj))
-        m = 2 * m - s * m * m if q == 2 else 3 * m - 3 * s * m * m + s * s * m * m * m
+        m = _step_m(q, s, m)
         rp = rp ** q
         Un = ((m * m * s).sum(-1)).sqrt()
         if t + 1 in want:
@@ -400,8 +475,8 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         # beyond 200 steps every r^P is 0 (range) or 1 (null): closed form
         rest = orders[steps:k]
         R = len(rest)
-        Rs = sum(3 if q == 2 else 7 for q in rest)  # Σ the converged steps' term sizes (2 + 1, 3 + 3 + 1)
-        log2g = sum(math.log2(q) for q in rest)  # null-null gain 2 (Newton) or 3 (order 3) per step
+        Rs = sum(2 ** q - 1 for q in rest)  # Σ the converged steps' term sizes ((1 + 1)^q − 1: 2 + 1, 3 + 3 + 1)
+        log2g = sum(math.log2(q) for q in rest)  # null-null gain g_q(1, 1) = q per step (2 Newton, 3 order 3)
         G = 2.0 ** log2g if log2g < 1024 else math.inf  # (a Python float power past 2^1023 raises OverflowError)
         nn = null[:, :, None] & null[:, None, :]
         # the null block of the matrix form has saturated at 1/δ long before 200 steps (module doc, 4)

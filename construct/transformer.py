@@ -403,6 +403,17 @@ class _CountingSink:
         self.sink.append(h)
 
 
+def _torch_hooked(*modules: nn.Module) -> bool:
+    """Whether a plain torch forward (pre-)hook sits on ``modules`` or their submodules, or on every
+    module (``torch.nn.modules.module.register_module_forward_hook``): such a hook on the last
+    layer would see the trimmed shapes of a read slice, so the full last layer runs then."""
+    from torch.nn.modules import module as _module
+
+    if getattr(_module, "_global_forward_hooks", None) or getattr(_module, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for mod in modules for m in mod.modules())
+
+
 class Transformer(HookedMixin, nn.Module):
     """Read-in, a stack of layers, read-out.  ``forward(tokens) -> (B, N, d_out)``."""
 
@@ -456,12 +467,14 @@ class Transformer(HookedMixin, nn.Module):
 
         Only while autograd records (training; inference keeps the full last layer, so its
         results are bit for bit those of a full run), for softmax attention without a key mask,
-        and when no hook of the last layer or the final LayerNorm is active (they would see
-        fewer positions).  The other positions of the last layer feed nothing that is read.
+        and when no hook of the last layer or the final LayerNorm is active, TransformerLens-style or
+        a plain torch forward hook on the last layer's modules (they would see fewer positions).
+        The other positions of the last layer feed nothing that is read.
         """
         c = self.cfg
         return (torch.is_grad_enabled() and c.attn == "softmax" and key_mask is None and c.n_layers > 0
-                and not self.layers[-1].hooked() and not self.ln_final.hook_normalized.active)
+                and not self.layers[-1].hooked() and not self.ln_final.hook_normalized.active
+                and not _torch_hooked(self.layers[-1], self.blocks[c.layer_schedule[-1]]))
 
     def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
                 read: slice | None = None) -> torch.Tensor:

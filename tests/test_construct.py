@@ -391,3 +391,23 @@ def test_cli_demo_runs_the_main_job():
     vals = {l.split()[0]: float(l.split()[-1] if "rel." not in l else l.split()[-6]) for l in r.stdout.splitlines()
             if l.startswith("  transformer") or l.startswith("  direct")}
     assert abs(vals["transformer"] - vals["direct"]) <= 1e-12 * abs(vals["direct"])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: build_newton_transformer(3, 2, 0.01),
+    lambda: build_newton_transformer(3, 4, 0.01, form="hyperpower"),
+    lambda: __import__("construct").build_gd_transformer(3, 2, 0.05),
+])
+def test_loaded_model_block_specs_hold_real_tensors_equal_to_the_built_ones(tmp_path, make):
+    """load_model sizes a config on the meta device; the loaded model's block descriptions (what
+    describe() and the verifiers read) are rebuilt on the CPU, equal to a fresh build's."""
+    from construct.model import _tensors
+
+    m = make()
+    m.save(tmp_path)
+    got = load_model(tmp_path)
+    want_t, got_t = list(_tensors(m.block_specs)), list(_tensors(got.block_specs))
+    assert len(got_t) == len(want_t) > 0
+    assert all(not t.is_meta and torch.equal(a, t) for a, t in zip(want_t, got_t))
+    assert [b.name for b in got.block_specs] == [b.name for b in m.block_specs]
+    assert got.describe() == m.describe()

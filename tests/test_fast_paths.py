@@ -213,6 +213,36 @@ def test_read_slice_keeps_the_full_last_layer_when_it_is_hooked(monkeypatch):
     assert _rel(out.detach(), ref.detach()) < RTOL
 
 
+@pytest.mark.parametrize("where", ["attn", "mlp", "layer", "global"])
+def test_read_slice_keeps_the_full_last_layer_under_a_plain_torch_hook(monkeypatch, where):
+    """A plain ``register_forward_hook`` on the last layer's attention / MLP / layer module (or a
+    global module hook) sees every token in training too, as in inference."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    calls = _count_forward_at(monkeypatch)
+    torch.manual_seed(4)
+    m = GargRegressor(GargConfig(d=3, n_points=6, n_layers=2, n_heads=2, d_model=16)).double()
+    X, y = torch.randn(2, 6, 3, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    tf = m.transformer
+    shapes = []
+    target = {"attn": tf.blocks[tf.cfg.layer_schedule[-1]].attn, "mlp": tf.blocks[tf.cfg.layer_schedule[-1]].mlp,
+              "layer": tf.layers[-1]}.get(where)
+    if target is None:
+        h = register_module_forward_hook(lambda mod, i, o: shapes.append(tuple(o.shape))
+                                         if mod is tf.blocks[tf.cfg.layer_schedule[-1]].attn else None)
+    else:
+        h = target.register_forward_hook(lambda mod, i, o: shapes.append(tuple(o.shape)))
+    try:
+        out = m(X, y)  # training: autograd records
+    finally:
+        h.remove()
+    assert not calls and shapes and shapes[-1] == (2, 12, 16), shapes  # the hook saw every token
+    ref = reference_forward(m.transformer, m._tokens(X, y, 6))[:, ::2, 0]
+    assert _rel(out.detach(), ref.detach()) < RTOL
+    m(X, y)  # hook removed: the trimmed path again
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("grad", [True, False])
 def test_read_slice_final_norm_hook_sees_every_token(monkeypatch, grad):
     """A hook on ln_final.hook_normalized sees all P+N positions with or without ``read`` (as before

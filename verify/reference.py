@@ -85,6 +85,7 @@ float, so k ≤ 1000.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -731,6 +732,8 @@ def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str 
     k = 100).  The ``"spectral"`` path needs no guard: it evaluates each prediction in closed form
     from one eigendecomposition, with S_t's numerically-zero eigenvalues dropped (no recurrence,
     nothing grows with k); its error is that of the eigendecomposition, the least-squares κ(S)·u.
+    Orders p ≥ 4 have no calibrated bound: their recurrence paths raise PrecisionError ("warn":
+    warn and return the numbers; "ignore": return them); use ``method="spectral"`` (or "auto").
     """
     if check_precision not in ("raise", "warn", "ignore"):
         raise ValueError(f"check_precision must be 'raise', 'warn' or 'ignore', got {check_precision!r}")
@@ -750,7 +753,10 @@ def _recurrence_guard(X, y, steps, lam: float, rate, order: int, on_fail: str) -
     from construct.precision import check_precision as _chk, precision_estimate_stats
 
     B, n, d = X.shape
-    if not steps or n == 0 or order > 3:  # the bound is derived for Newton and order-3 steps only
+    if not steps or n == 0:
+        return
+    if order > 3:
+        _no_bound_for_order(order, on_fail)
         return
     S, b = _prefix_stats(X, y, lam)
     if rate == "code":  # α per prefix as the recurrence takes it (_newton_batched)
@@ -766,6 +772,26 @@ def _recurrence_guard(X, y, steps, lam: float, rate, order: int, on_fail: str) -
     # converging one with an overflowed (inf) bound is refused like any bound above rtol
     conv = a.reshape(-1) * _lmax(S).reshape(-1) ** 2 < 2
     _chk(torch.where(conv, est, torch.zeros_like(est)), _F64, on_fail, "prefix", program="reference")
+
+
+def _no_bound_for_order(order: int, on_fail: str) -> None:
+    """Refuse (or warn about) an order-p recurrence, p ≥ 4: no calibrated precision bound exists for it.
+
+    The matrix-form bound of :mod:`construct.precision` generalises to any order (module doc, 6b), but
+    measured against a longdouble recurrence (tests/test_order_p.py) it misses errors near rtol by
+    up to ~3× for p = 4 (and, at κ(S) ≳ 1e6 or on saturated null blocks, the Newton and order-3
+    bounds do too), far from the ≥ 10× margin a guard needs: an order-4 recurrence was 2.8e8 off
+    (relative) on a rank-deficient prefix at k = 50, returned silently before this check."""
+    from construct.precision import PrecisionError, PrecisionWarning
+
+    msg = (f"no precision bound is derived for order-{order} hyperpower recurrences (order >= 4) on "
+           "method='batched'/'loop': the result can miss the float64 accuracy 1e-10 (normwise) with no sign "
+           "(an order-4 recurrence was 2.8e8 off at k = 50 on a rank-deficient prefix). Use method='spectral' "
+           "(closed form from one eigendecomposition, no recurrence, needs no guard; method='auto' takes it), "
+           "or check_precision='warn'/'ignore' to get the recurrence's numbers anyway.")
+    if on_fail == "raise":
+        raise PrecisionError(msg)
+    warnings.warn(msg, PrecisionWarning, stacklevel=4)
 
 
 def _finite_unless(on_diverge: str, res, name: str):
