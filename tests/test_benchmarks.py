@@ -552,7 +552,7 @@ def test_quick_run_in_one_process_writes_the_same_data_as_two(quick_run, tmp_pat
         R.EXPERIMENTS[k].folder for k in R.EXPERIMENTS]
 
 
-def _toy_registry(monkeypatch, fail: str | None = None, die: bool = False):
+def _toy_registry(monkeypatch, fail: str | None = None, die: bool = False, big: int = 0):
     """Three experiments registered r, q, p; p is the heaviest (runs first), q the lightest.
     ``fail``: that experiment raises, or (``die``, only in a worker process) exits abruptly."""
     import os
@@ -572,12 +572,12 @@ def _toy_registry(monkeypatch, fail: str | None = None, die: bool = False):
                 if die and os.getpid() != main_pid:
                     os._exit(3)  # a worker killed mid-experiment: no report reaches the main process
                 raise ArithmeticError(f"toy failure in {key}")
-            ctx.check(f"check_{key}", True, pid=os.getpid())
+            ctx.check(f"check_{key}", True, pid=os.getpid(), started=time.time() - seconds, ended=time.time())
             ctx.note(f"note from {key}")
             ctx.note("shared note")
             (ctx.dir(key) / "x.txt").write_text(key)
             ctx.record(ctx.out / key / "x.txt")
-            return {"summary": {"key": key}}
+            return {"summary": {"key": key}, "markdown": "x" * big}  # ``big``: a result larger than a pipe buffer
         return fn
     registry.experiment("r", "r_folder", "R", cost=2.0)(make("r", 0.0))
     registry.experiment("q", "q_folder", "Q", cost=1.0)(make("q", 0.0))
@@ -736,3 +736,18 @@ def test_jobs_failed_fork_ends_the_workers_already_started(monkeypatch, tmp_path
         parallel.run_experiments(_toy_ctx(tmp_path), ["a", "b", "c"], jobs=3)
     assert len(started) == 1 and not started[0].is_alive() and started[0].exitcode is not None
     assert multiprocessing.active_children() == []
+
+
+def test_jobs_worker_never_waits_on_a_full_pipe_while_the_main_process_computes(monkeypatch, tmp_path):
+    """A worker's results are read as they arrive (reader threads): with 1 MB results (a pipe holds
+    64 KiB) the worker runs r, then q, while the main process still sleeps in p (1 s); without
+    the readers q could start only once p was over."""
+    from benchmarks.experiments import parallel
+
+    _toy_registry(monkeypatch, big=1 << 20)
+    ctx = _toy_ctx(tmp_path)
+    outcomes, _ = parallel.run_experiments(ctx, ["p", "q", "r"], jobs=2)
+    c = ctx.checks
+    assert c["check_p"]["pid"] != c["check_q"]["pid"] == c["check_r"]["pid"]
+    assert c["check_q"]["ended"] < c["check_p"]["ended"] - 0.5, c  # q done well before p ended
+    assert all(len(o.result["markdown"]) == 1 << 20 for o in outcomes.values())

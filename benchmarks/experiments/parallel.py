@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import queue
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -204,28 +206,41 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
         return i if i < len(units) else None
 
     threads = torch.get_num_threads()
-    procs, open_conns = [], []
+    procs, conns = [], []
     outcomes: dict[str, Outcome] = {}
+    inbox: queue.Queue = queue.Queue()  # (kind, payload) from every worker, filled by reader threads
+    live = 0  # workers that have not sent "end" or "error" yet
+
+    def reader(c) -> None:
+        """Drain one worker's pipe as messages arrive, so that a worker never waits on a full pipe
+        while the main process runs an experiment of its own."""
+        while True:
+            try:
+                msg = pickle.loads(c.recv_bytes())
+            except (EOFError, OSError):
+                msg = ("error", (None, "the worker process exited without reporting (killed?)"))
+            inbox.put(msg)
+            if msg[0] != "done":
+                return
 
     def collect(block: bool) -> None:
-        for c in list(open_conns):
-            while block or c.poll():
-                try:
-                    kind, payload = pickle.loads(c.recv_bytes())
-                except EOFError:
-                    kind, payload = "error", (None, "the worker process exited without reporting (killed?)")
-                if kind == "done":
-                    outcomes[payload.key] = payload
-                    on_done(payload)
-                    continue
-                open_conns.remove(c)
-                if kind == "error":
-                    key, tb = payload
-                    missing = [k for u in units for k in u if k not in outcomes]
-                    what = f"experiment {key!r} failed" if key else f"one of the experiments {missing} failed"
-                    raise WorkerError(f"{what} in a --jobs worker process (rerun with --jobs 1 --only "
-                                      f"{key or ','.join(missing)} to debug it in one process):\n{tb}")
-                break
+        nonlocal live
+        while live:
+            try:
+                kind, payload = inbox.get(block=block)
+            except queue.Empty:
+                return
+            if kind == "done":
+                outcomes[payload.key] = payload
+                on_done(payload)
+                continue
+            live -= 1
+            if kind == "error":
+                key, tb = payload
+                missing = [k for u in units for k in u if k not in outcomes]
+                what = f"experiment {key!r} failed" if key else f"one of the experiments {missing} failed"
+                raise WorkerError(f"{what} in a --jobs worker process (rerun with --jobs 1 --only "
+                                  f"{key or ','.join(missing)} to debug it in one process):\n{tb}")
 
     # the main process takes its first unit (the heaviest) before any fork, so that which process
     # runs it does not depend on how soon a new worker is scheduled
@@ -234,10 +249,13 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
         for _ in range(min(jobs, len(units)) - 1):
             recv, send = mp.Pipe(duplex=False)
             p = mp.Process(target=_worker, args=(ctx, units, take, send, threads), daemon=False)
-            open_conns.append(recv)
+            conns.append(recv)
             p.start()
             procs.append(p)
+            live += 1
             send.close()  # before the next fork: the next worker must not hold this one's write end
+        for c in conns:  # threads only once every fork is done (a fork copies no thread, only its locks)
+            threading.Thread(target=reader, args=(c,), daemon=True).start()
         while i is not None:
             for key in units[i]:
                 on_start(EXPERIMENTS[key])
@@ -248,9 +266,11 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
         collect(block=True)
     finally:
         for p in procs:
-            if p.is_alive() and open_conns:
+            if p.is_alive() and live:
                 p.terminate()
             p.join()
+        for c in conns:
+            c.close()
     for key in last:
         on_start(EXPERIMENTS[key])
         outcomes[key] = run_one(ctx, EXPERIMENTS[key])
