@@ -55,7 +55,7 @@ from benchmarks.experiments.common import (FIG_DPI, error_ylim, md_table, plain 
                                            shown as _shown, derive_seed as _seed, fmt as _fmt)
 from benchmarks.experiments.context import (CHECKPOINT_ROOT, FULL, ILL_KAPPA, QUICK, Context, Sizes, Suite,  # noqa: F401
                                             reference_weights)
-from benchmarks.experiments.parallel import run_experiments
+from benchmarks.experiments.parallel import run_experiments, usable_jobs
 from benchmarks.experiments.registry import EXPERIMENTS, Experiment, experiment  # noqa: F401
 
 EXTRA_EXPERIMENT_MODULES: tuple[str, ...] = ("benchmarks.width", "benchmarks.perf")  # f, g: imported before running
@@ -185,7 +185,8 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=None,
                     help="processes running the experiments side by side (default: 2 where the machine has 2 or more "
                          "cores, else 1); the data are the same for every value; in a full run the timing experiment g "
-                         "runs alone at the end (see benchmarks.experiments.parallel)")
+                         "runs alone at the end; 1 process when torch runs more than one thread (--threads), since its "
+                         "OpenMP is not fork-safe (see benchmarks.experiments.parallel)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     keys = list(EXPERIMENTS) if args.only is None else [k.strip() for k in args.only.split(",") if k.strip()]
@@ -215,9 +216,11 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = QUICK if args.quick else FULL
-    jobs = args.jobs if args.jobs is not None else default_jobs()
+    jobs, why_not = usable_jobs(args.jobs if args.jobs is not None else default_jobs())  # processes really used
     bar = tqdm(total=len(keys), desc="benchmarks", disable=args.no_progress, file=sys.stderr)
     ctx = Context(out, args.quick, args.seed, args.preset, sizes, model, src, lstm, lsrc, progress=bar, notes=notes)
+    if why_not:
+        ctx.note(why_not)
     ill, ill_src = load_ill_model(args.preset, args.ill_checkpoint, model)
     if ill is not None:
         ctx.models_by_kappa[ILL_KAPPA], ctx.model_sources[ILL_KAPPA] = ill, ill_src

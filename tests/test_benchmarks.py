@@ -649,3 +649,90 @@ def test_jobs_worker_that_dies_raises_naming_the_unfinished_experiments(monkeypa
     _toy_registry(monkeypatch, fail="r", die=True)
     with pytest.raises(parallel.WorkerError, match=r"(?s)one of the experiments \['r'.*exited without reporting"):
         parallel.run_experiments(_toy_ctx(tmp_path), ["p", "q", "r"], jobs=2)
+
+
+def test_jobs_with_torch_threads_runs_in_one_process_instead_of_hanging(tmp_path):
+    """Torch's CPU kernels run on GNU OpenMP, which is not fork-safe: a forked worker that enters a
+    parallel region after its parent ran one waits forever (``--threads 0`` or ``--threads 2`` with
+    ``--jobs 2``, from any process that has computed something).  With more than one torch thread
+    the runner must run the experiments in its own process and say so in a note."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = """
+import os, sys, torch
+torch.set_num_threads(2)
+torch.exp(torch.randn(2000, 2000)).sum()  # this process has run an OpenMP parallel region
+from benchmarks.experiments import QUICK, Context, parallel, registry
+registry.EXPERIMENTS.clear()
+def make(key):
+    def fn(ctx):
+        torch.exp(torch.randn(2000, 2000)).sum()  # so does every experiment: a forked one hangs here
+        ctx.check("check_" + key, True, pid=os.getpid())
+    return fn
+for key in "ab":
+    registry.experiment(key, key + "_folder", key)(make(key))
+ctx = Context(sys.argv[1], True, 0, "cpu", QUICK, None, "", None, "")
+outcomes, _ = parallel.run_experiments(ctx, ["a", "b"], jobs=2)
+print(list(outcomes), sorted({c["pid"] for c in ctx.checks.values()}) == [os.getpid()])
+print(ctx.notes)
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # the script and its hung worker
+        p.communicate()
+        pytest.fail("run_experiments(jobs=2) with 2 torch threads hung (a forked worker in OpenMP)")
+    assert p.returncode == 0, err[-3000:]
+    lines = out.strip().splitlines()
+    assert lines[0] == "['a', 'b'] True", out
+    assert "--jobs 2: torch runs 2 threads" in lines[1] and "ran in one process" in lines[1], out
+
+
+def test_jobs_merge_places_a_shared_note_where_a_one_process_run_does(monkeypatch, tmp_path):
+    """Two experiments make the same note and the later-registered one runs first in a process (it
+    is heavier): the merged notes still follow registration order, as in one process."""
+    from benchmarks.experiments import parallel
+
+    reg = _toy_registry(monkeypatch)  # registered r, q, p, z; each notes "note from KEY", then "shared note"
+    one = _toy_ctx(tmp_path / "one")
+    parallel.run_experiments(one, ["r", "p"], jobs=1)
+    ctx = _toy_ctx(tmp_path / "two")
+    base = (dict(ctx.checks), {}, list(ctx.notes), list(ctx.nonfinite))
+    outcomes = {"p": parallel.run_one(ctx, reg["p"])}  # p first, as the heaviest unit would
+    outcomes["r"] = parallel.run_one(ctx, reg["r"])
+    assert ctx.notes == ["note from p", "shared note", "note from r"]  # this process's own order
+    parallel._merge(ctx, ["r", "p"], outcomes, base)
+    assert ctx.notes == one.notes == ["note from r", "shared note", "note from p"]
+
+
+def test_jobs_failed_fork_ends_the_workers_already_started(monkeypatch, tmp_path):
+    """The second fork fails: the first worker must not be left running (nobody would read its
+    pipe, and interpreter exit would wait for it)."""
+    import multiprocessing
+    import multiprocessing.context
+
+    from benchmarks.experiments import parallel, registry
+
+    reg: dict = {}
+    monkeypatch.setattr(registry, "EXPERIMENTS", reg)
+    monkeypatch.setattr(parallel, "EXPERIMENTS", reg)
+    for key in "abc":  # the main process takes a; the first worker takes b and is still in it
+        registry.experiment(key, key, key)(lambda ctx: time.sleep(2.0))
+    real_start, started = multiprocessing.context.ForkProcess.start, []
+
+    def start(self):
+        if started:
+            raise OSError("fork failed (test)")
+        started.append(self)
+        real_start(self)
+    monkeypatch.setattr(multiprocessing.context.ForkProcess, "start", start)
+    with pytest.raises(OSError, match=r"fork failed \(test\)"):
+        parallel.run_experiments(_toy_ctx(tmp_path), ["a", "b", "c"], jobs=3)
+    assert len(started) == 1 and not started[0].is_alive() and started[0].exitcode is not None
+    assert multiprocessing.active_children() == []

@@ -8,10 +8,15 @@ from one shared queue until none is left:
 * a unit is one experiment, or every experiment of one ``group`` (registry hint) in registration
   order, so that data they share through the context (``ctx.suite(1.0)``) is computed once;
 * units start heaviest first (sum of the registry's ``cost`` hints), which balances the processes;
+  the main process takes the heaviest before it forks;
 * experiments registered ``alone`` (the performance table g) run afterwards in the main process,
   with nothing else running, so that their timings are not disturbed.  The runner lifts this in
   ``--quick``, where g's workloads are too small for its timings to mean anything (it is a smoke
   test of the code paths there), and g takes its turn in the queue like the others.
+
+Workers are forked only where that is safe (:func:`usable_jobs`): with torch at more than one
+thread (``--threads 0`` or ``2``) a forked worker can hang in OpenMP, so the experiments then run
+in one process, with a note in the summary.
 
 What an experiment leaves in the context (checks, files, notes, non-finite numbers, the suites'
 timings) is recorded per experiment and put back together in registration order, so that
@@ -83,19 +88,46 @@ def plan(keys: list[str], alone: bool = True) -> tuple[list[list[str]], list[str
     return ranked, [k for k in keys if alone and EXPERIMENTS[k].alone]
 
 
+def usable_jobs(jobs: int) -> tuple[int, str | None]:
+    """(processes, why fewer): ``jobs`` where forking is possible and safe here, else 1 and the reason.
+
+    Forking needs ``fork`` (POSIX) and torch at one thread.  Torch's CPU kernels run on GNU OpenMP,
+    which is not fork-safe: a forked process that enters a parallel region after its parent ran one
+    waits forever (measured with torch 2.13: parent and worker at 2 threads, one 2000×2000 ``exp``
+    each; tests/test_benchmarks.py).  At one thread torch enters no parallel region.
+    """
+    if jobs <= 1:
+        return jobs, None
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1, f"--jobs {jobs}: this platform cannot fork; the experiments ran in one process"
+    if (threads := torch.get_num_threads()) > 1:
+        return 1, (f"--jobs {jobs}: torch runs {threads} threads, and its OpenMP is not fork-safe (a forked "
+                   "worker can hang); the experiments ran in one process (--threads 1 runs them side by side)")
+    return jobs, None
+
+
 def run_one(ctx, e: Experiment) -> Outcome:
     """Run ``e`` on ``ctx`` and record what it added to the context."""
     checks = dict(ctx.checks)
     files = {k: len(v) for k, v in ctx.files.items()}
-    n_notes, n_bad = len(ctx.notes), len(ctx.nonfinite)
+    n_bad = len(ctx.nonfinite)
     suites, n_asked = set(ctx._suites), len(ctx.suites_asked)
     ctx.current = e.folder
+    # every note the experiment makes, also one that an experiment before it in this process made
+    # (ctx.note keeps the first): its place in the merged list is that of the first experiment in
+    # registration order to make it, as in a one-process run, whichever ran first here
+    before, ctx.notes = ctx.notes, []
     t0 = time.perf_counter()
-    result = e.fn(ctx) or {}
+    try:
+        result = e.fn(ctx) or {}
+    finally:
+        own, ctx.notes = ctx.notes, before
+        for msg in own:
+            ctx.note(msg)
     out = Outcome(e.key, result, time.perf_counter() - t0)
     out.checks = [(k, v) for k, v in ctx.checks.items() if checks.get(k) is not v]
     out.files = {k: v[files.get(k, 0):] for k, v in ctx.files.items() if len(v) > files.get(k, 0)}
-    out.notes, out.nonfinite = ctx.notes[n_notes:], ctx.nonfinite[n_bad:]
+    out.notes, out.nonfinite = own, ctx.nonfinite[n_bad:]
     out.suites = {k: (dict(s.timings), s.n_layers) for k, s in ctx._suites.items() if k not in suites}
     out.asked = ctx.suites_asked[n_asked:]
     return out
@@ -143,7 +175,8 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
                     on_done: Callable[[Outcome], None] = lambda o: None) -> tuple[dict[str, Outcome], list[SuiteStats]]:
     """Run ``keys`` on ``ctx`` in ``jobs`` processes: ({key: Outcome} in registration order, the suites).
 
-    ``jobs == 1`` (or a platform without ``fork``) runs everything here in registration order.
+    ``jobs == 1`` (or fewer :func:`usable_jobs`: no ``fork``, or torch at more than one thread)
+    runs everything here in registration order.
     Otherwise see the module docstring (``alone=False`` schedules the ``alone`` experiments like
     the others); ``ctx`` ends up with the checks, files, notes and
     non-finite lists of all experiments, in registration order.  ``on_start`` / ``on_done`` are
@@ -152,9 +185,9 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
     order = {k: i for i, k in enumerate(EXPERIMENTS)}
     keys = sorted(keys, key=order.__getitem__)
     units, last = plan(keys, alone)
-    if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
-        ctx.note(f"--jobs {jobs}: this platform cannot fork; the experiments ran in one process")
-        jobs = 1
+    jobs, why = usable_jobs(jobs)
+    if why:
+        ctx.note(why)
     if jobs <= 1 or len(units) <= 1:
         outcomes = _serial(ctx, keys, on_start, on_done)
         stats = [SuiteStats(k, s.timings, s.n_layers) for k, s in ctx._suites.items()]
@@ -171,16 +204,8 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
         return i if i < len(units) else None
 
     threads = torch.get_num_threads()
-    procs, conns = [], []
-    for _ in range(min(jobs, len(units)) - 1):
-        recv, send = mp.Pipe(duplex=False)
-        p = mp.Process(target=_worker, args=(ctx, units, take, send, threads), daemon=False)
-        p.start()
-        send.close()
-        procs.append(p)
-        conns.append(recv)
+    procs, open_conns = [], []
     outcomes: dict[str, Outcome] = {}
-    open_conns = list(conns)
 
     def collect(block: bool) -> None:
         for c in list(open_conns):
@@ -202,13 +227,24 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
                                       f"{key or ','.join(missing)} to debug it in one process):\n{tb}")
                 break
 
-    try:
-        while (i := take()) is not None:
+    # the main process takes its first unit (the heaviest) before any fork, so that which process
+    # runs it does not depend on how soon a new worker is scheduled
+    i = take()
+    try:  # from the first fork on: whatever raises here, the finally ends the workers started so far
+        for _ in range(min(jobs, len(units)) - 1):
+            recv, send = mp.Pipe(duplex=False)
+            p = mp.Process(target=_worker, args=(ctx, units, take, send, threads), daemon=False)
+            open_conns.append(recv)
+            p.start()
+            procs.append(p)
+            send.close()  # before the next fork: the next worker must not hold this one's write end
+        while i is not None:
             for key in units[i]:
                 on_start(EXPERIMENTS[key])
                 outcomes[key] = run_one(ctx, EXPERIMENTS[key])
                 on_done(outcomes[key])
             collect(block=False)
+            i = take()
         collect(block=True)
     finally:
         for p in procs:
@@ -244,4 +280,4 @@ def _merge(ctx, keys: list[str], outcomes: dict[str, Outcome], base) -> tuple[di
     return {k: outcomes[k] for k in keys}, stats
 
 
-__all__ = ["Outcome", "SuiteStats", "WorkerError", "plan", "run_experiments", "run_one"]
+__all__ = ["Outcome", "SuiteStats", "WorkerError", "plan", "run_experiments", "run_one", "usable_jobs"]
