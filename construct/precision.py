@@ -102,18 +102,31 @@ and m(s) = (1 − (1 − αs²)^(2^k))/s, so M_k = m(S) and w̃_i = m(s_i) b̃_i
    terms (2 + s|m| for Newton, 3 + 3s|m| + (s|m|)² for order 3); on converged directions
    (s|m| = 1) 2^p − 1: the converged tail's constants 3 (Newton), 7 (order 3), 15 (order 4), 31
    (order 5).  p = 2 and 3 keep their own expressions, bit for bit.
-   *Measured, and why no guard uses it for p ≥ 4*: the matrix-form bound against the float64
-   reference recurrences (``newton_predictions(method="batched")``, every order on the same prompts)
-   and a longdouble order-p recurrence (tests/test_order_p.py, :func:`calibrate`; 300 random prompts,
-   κ(S) up to 1e7, rank-deficient prefixes, ridge, α a rule or 1e-4…0.999 of the convergent range,
-   k up to where every rank-deficient prefix is refused): measured error / bound median 1.0e-3,
-   1.0e-3, 5e-4, 3e-4 and max 20, 562, 296, 122 for p = 2, 3, 4, 5 (q99 0.06, 0.54, 0.29, 0.12).
-   The matrix form misses two effects for *every* order: full-rank S with κ(S) ≳ 1e6 once the
-   slowest direction has converged (Newton, κ = 2e7, k = 54: measured 7.8e-10, bound 3.8e-11 — a
-   silent wrong number from ``verify.newton_predict``, not derived here), and rank-deficient
-   prefixes whose null block has left the linear regime (errors ≫ rtol, already refused).  For
-   p ≥ 4 the margin near rtol is < 10× (order 4: 2.4e-10 measured against a bound of 1.1e-10), so
-   ``newton_predictions`` refuses order-p ≥ 4 recurrences outright (spectral is exact in form).
+   *The rounded E = I − SM (matrix form, p ≥ 4).*  The references evaluate the step as
+   M' = Σ_{j<p} M E^j with E = I − SM formed first (:func:`verify.reference._hyperpower_step`).  E is
+   rounded in the standard basis, |δE| ≤ γu·|S||M|, so every eigen-component of δE can be as large
+   as γu·λ_max·max|m| (= γu·κ once the slowest direction has converged), not γu·s|m| ≤ 2γu as the
+   term sizes assume; it enters M E^a δE E^b, i.e. component (i, l) scaled by |m_i| (rows: M stands
+   left of δE) and by Σ_{j<p} g_j(|r_i^P|, |r_l^P|) (g_1 = 1; ≤ p(p − 1)/2, 1 once converged).  Per
+   step: e_il += γu·λ_max·max|m|·|m_i|·Σ_{j<p} g_j, with m_null on the null rows; beyond 200 steps
+   p(p − 1)/2 per step.  Measured without this term: 7.8e-10 against a bound of 3.8e-11 at
+   κ(S) = 2.2e7 (the error sits in the (max, min) eigen-component, ≈ κu/6 relative to max|m|), and
+   errors up to 296× the bound; with it, see below.  p = 2, 3 do not get it (their estimates stay
+   bit-identical), although Newton's (MS)·M and the order-3 reference meet the same rounding
+   (column-scaled by |m_l| for Newton): the calibration below finds their bounds exceeded.
+   *Calibration* (tests/test_order_p.py, ``python tests/test_order_p.py 300``): the matrix-form bound
+   against the float64 batched recurrences of ``newton_predictions`` and a longdouble order-p
+   recurrence, 300 random float64 prompts (κ(S) up to 1e7, rank-deficient prefixes, ridge, α a rule
+   or 1e-4…0.999 of the convergent range), 3 prefixes each, k = 0 … 36 (p = 4) / 30 (p = 5):
+   p = 4: 30,710 cases, 0 silent, measured / bound median 2.3e-4, q99 0.020, max 0.22 (at k = 0, a
+   single rounded product of 4e-16 against the estimate every order shares there; k ≥ 1: max 0.037,
+   q99 0.013); p = 5: 25,730 cases, 0 silent, median 1.7e-4, q99 0.019, max 0.22 (k ≥ 1: max 0.044,
+   q99 0.007).  Refused although the number would have met 1e-10: 18 % (p = 4), 19 % (p = 5) of the
+   cases.  The same prompts with p = 2 / 3 (K = 70 / 45; estimates unchanged): 11 / 13 silent cases
+   (every one full rank, κ(S) ≈ 1e6–2e7, errors ≤ 1.3e-9), max ratio 20 / 562, median 1.0e-3 /
+   1.0e-3.  The rounded-product term is what they lack: added for them too in an experiment (not
+   landed; Newton column-scaled by |m_l|, order 3 row-scaled), 0 / 0 silent and max ratio (k ≥ 1)
+   0.15 / 0.048.
 7. *Adaptive α* (``alpha_rtol``).  The network computes α itself: τ̂_p by sums of products
    (relative error ≤ γ_τ u, γ_τ = p·γ) and the PL function f (:mod:`construct.adaptive`; its K
    non-negative terms add (K + 1)u).  On the active tangent piece j, τ|f'(τ)|/f(τ) ≤
@@ -252,6 +265,11 @@ def _size(q: int, sm: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _row_m(m: torch.Tensor, null: torch.Tensor, mnull: torch.Tensor) -> torch.Tensor:
+    """|m_i| per eigendirection (B, d), the matrix form's null block (B,) on the null directions."""
+    return torch.where(null, mnull[:, None].expand_as(m), m.abs())
+
+
 def _step_m(q: int, s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """m' of one order-q step on an eigenvalue s: m' = m·Σ_{i<q} (1 − s m)^i, so 1 − s m' = (1 − s m)^q."""
     if q == 2:
@@ -275,8 +293,8 @@ def precision_estimate(X, y, x_query, alpha_eff, k: int, *, lam: float = 0.0, dt
     "merged", "hyperpower"), or "matrix" for the reference that forms M_k as a matrix
     (:func:`verify.newton_predict`), whose null-null block doubles round-off (term 4) but which
     has no slot c and no per-token slots (term 5).  ``orders``: the orders of the steps after
-    M₀ = αS (2 = Newton, 3 = order-3 hyperpower, p ≥ 4 the order-p hyperpower step of term 6b, whose
-    bound is derived but not calibrated to the guard's margin); None means k Newton steps.  ``alpha_rtol``:
+    M₀ = αS (2 = Newton, 3 = order-3 hyperpower, p ≥ 4 the order-p hyperpower step of term 6b);
+    None means k Newton steps.  ``alpha_rtol``:
     relative error of α as the network computes it (adaptive α, :func:`adaptive_alpha_rtol`; 0 for
     a fixed α, which is exact in the weights).  See the module docstring.
     """
@@ -308,8 +326,7 @@ def precision_estimate_stats(S, b, x_query, alpha_eff, steps, *, n, dtype: torch
     ``steps`` at once -> (len(steps), B), from the prompt statistics S = XᵀX + λI (B, d, d) and
     b = Xᵀy (B, d), with ``n`` (int or (B,)) examples per prompt (``ridge``: λ > 0, d more terms
     per sum): what :func:`verify.newton_predictions` has for every prefix, without re-forming X.
-    ``order``: any p ≥ 2 (2 = Newton, 3 = order 3, p the order-p hyperpower step, module doc 6b; for
-    p ≥ 4 derived but not calibrated: :func:`verify.newton_predictions` refuses those recurrences)."""
+    ``order``: any p ≥ 2 (2 = Newton, 3 = order 3, p the order-p hyperpower step, module doc 6b)."""
     steps = [int(k) for k in steps]
     _check_orders((order,), "order")
     order = operator.index(order)
@@ -456,8 +473,13 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         sm = (s * m.abs()).amax(-1)  # max s|m| = max|1 − r^P| ≤ 2
         size = _size(q, sm)  # the step's terms, over |m| (or ‖U‖)
         inj = gamma * u * torch.maximum(m.abs().amax(-1), mnull) * size
-        mnull = torch.minimum(q * mnull, mcap)
         e = _gain(q, rp[:, :, None], rp[:, None, :]) * e + inj[:, None, None]
+        if q > 3 and form == "matrix":  # E = I − SM rounded in the standard basis (module doc, 6b)
+            ra, rb = rp[:, :, None].abs(), rp[:, None, :].abs()
+            fan = sum(_gain(j, ra, rb) for j in range(2, q)) + 1  # Σ_{j<p} g_j(|r_i|, |r_l|), g_1 = 1
+            e = e + (gamma * u * smax[:, 0] * torch.maximum(m.abs().amax(-1), mnull))[:, None, None] \
+                * _row_m(m, null, mnull)[:, :, None] * fan
+        mnull = torch.minimum(q * mnull, mcap)
         if q == 2 and form == "merged":
             g = (1 + rp.abs()) * g + 2 * gamma1 * u
         if tokens or qslots:
@@ -481,6 +503,10 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         nn = null[:, :, None] & null[:, None, :]
         # the null block of the matrix form has saturated at 1/δ long before 200 steps (module doc, 4)
         ek = torch.where(nn, e * G, e + (Rs * gamma * u * torch.maximum(m.abs().amax(-1), mcap))[:, None, None])
+        if form == "matrix" and any(q > 3 for q in rest):  # the rounded E = I − SM (6b), fan-out ≤ p(p − 1)/2
+            fan = sum(q * (q - 1) / 2 for q in rest if q > 3)
+            ek = ek + (fan * gamma * u * smax[:, 0] * torch.maximum(m.abs().amax(-1), mcap))[:, None, None] \
+                * _row_m(m, null, mcap)[:, :, None]
         gk = torch.where(null, g * G, g + R * 2 * gamma1 * u)
         out[k] = finish(ek, gk, m, orders[:k])
     if ks is None:

@@ -85,7 +85,6 @@ float, so k ≤ 1000.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -727,13 +726,13 @@ def newton_predictions(X, y, steps, alpha="code", lam: float = 0.0, method: str 
     recurrence paths (``"batched"``, ``"loop"``) are guarded by the matrix-form bound of
     :mod:`construct.precision` on every prefix and requested step count
     (:func:`construct.precision.precision_estimate_stats`): on a rank-deficient prefix the
-    recurrence doubles the round-off in M's null-null block every step (order 3: triples it),
+    recurrence doubles the round-off in M's null-null block every step (order p: ×p),
     which reaches the prediction through Xᵀy's rounded null component (≈ 2^k·u², 1e-2 relative at
     k = 100).  The ``"spectral"`` path needs no guard: it evaluates each prediction in closed form
     from one eigendecomposition, with S_t's numerically-zero eigenvalues dropped (no recurrence,
     nothing grows with k); its error is that of the eigendecomposition, the least-squares κ(S)·u.
-    Orders p ≥ 4 have no calibrated bound: their recurrence paths raise PrecisionError ("warn":
-    warn and return the numbers; "ignore": return them); use ``method="spectral"`` (or "auto").
+    Orders p ≥ 4 are guarded the same way (module doc of :mod:`construct.precision`, term 6b, which
+    adds the rounding of E = I − SM that the order-p step multiplies by); before, they had no check.
     """
     if check_precision not in ("raise", "warn", "ignore"):
         raise ValueError(f"check_precision must be 'raise', 'warn' or 'ignore', got {check_precision!r}")
@@ -755,9 +754,6 @@ def _recurrence_guard(X, y, steps, lam: float, rate, order: int, on_fail: str) -
     B, n, d = X.shape
     if not steps or n == 0:
         return
-    if order > 3:
-        _no_bound_for_order(order, on_fail)
-        return
     S, b = _prefix_stats(X, y, lam)
     if rate == "code":  # α per prefix as the recurrence takes it (_newton_batched)
         a = _alpha_of(rate, SS=S @ S)
@@ -772,26 +768,6 @@ def _recurrence_guard(X, y, steps, lam: float, rate, order: int, on_fail: str) -
     # converging one with an overflowed (inf) bound is refused like any bound above rtol
     conv = a.reshape(-1) * _lmax(S).reshape(-1) ** 2 < 2
     _chk(torch.where(conv, est, torch.zeros_like(est)), _F64, on_fail, "prefix", program="reference")
-
-
-def _no_bound_for_order(order: int, on_fail: str) -> None:
-    """Refuse (or warn about) an order-p recurrence, p ≥ 4: no calibrated precision bound exists for it.
-
-    The matrix-form bound of :mod:`construct.precision` generalises to any order (module doc, 6b), but
-    measured against a longdouble recurrence (tests/test_order_p.py) it misses errors near rtol by
-    up to ~3× for p = 4 (and, at κ(S) ≳ 1e6 or on saturated null blocks, the Newton and order-3
-    bounds do too), far from the ≥ 10× margin a guard needs: an order-4 recurrence was 2.8e8 off
-    (relative) on a rank-deficient prefix at k = 50, returned silently before this check."""
-    from construct.precision import PrecisionError, PrecisionWarning
-
-    msg = (f"no precision bound is derived for order-{order} hyperpower recurrences (order >= 4) on "
-           "method='batched'/'loop': the result can miss the float64 accuracy 1e-10 (normwise) with no sign "
-           "(an order-4 recurrence was 2.8e8 off at k = 50 on a rank-deficient prefix). Use method='spectral' "
-           "(closed form from one eigendecomposition, no recurrence, needs no guard; method='auto' takes it), "
-           "or check_precision='warn'/'ignore' to get the recurrence's numbers anyway.")
-    if on_fail == "raise":
-        raise PrecisionError(msg)
-    warnings.warn(msg, PrecisionWarning, stacklevel=4)
 
 
 def _finite_unless(on_diverge: str, res, name: str):
