@@ -102,18 +102,36 @@ and m(s) = (1 − (1 − αs²)^(2^k))/s, so M_k = m(S) and w̃_i = m(s_i) b̃_i
    terms (2 + s|m| for Newton, 3 + 3s|m| + (s|m|)² for order 3); on converged directions
    (s|m| = 1) 2^p − 1: the converged tail's constants 3 (Newton), 7 (order 3), 15 (order 4), 31
    (order 5).  p = 2 and 3 keep their own expressions, bit for bit.
-   *The rounded E = I − SM (matrix form, p ≥ 4).*  The references evaluate the step as
-   M' = Σ_{j<p} M E^j with E = I − SM formed first (:func:`verify.reference._hyperpower_step`).  E is
-   rounded in the standard basis, |δE| ≤ γu·|S||M|, so every eigen-component of δE can be as large
-   as γu·λ_max·max|m| (= γu·κ once the slowest direction has converged), not γu·s|m| ≤ 2γu as the
-   term sizes assume; it enters M E^a δE E^b, i.e. component (i, l) scaled by |m_i| (rows: M stands
-   left of δE) and by Σ_{j<p} g_j(|r_i^P|, |r_l^P|) (g_1 = 1; ≤ p(p − 1)/2, 1 once converged).  Per
-   step: e_il += γu·λ_max·max|m|·|m_i|·Σ_{j<p} g_j, with m_null on the null rows; beyond 200 steps
-   p(p − 1)/2 per step.  Measured without this term: 7.8e-10 against a bound of 3.8e-11 at
-   κ(S) = 2.2e7 (the error sits in the (max, min) eigen-component, ≈ κu/6 relative to max|m|), and
-   errors up to 296× the bound; with it, see below.  p = 2, 3 do not get it (their estimates stay
-   bit-identical), although Newton's (MS)·M and the order-3 reference meet the same rounding
-   (column-scaled by |m_l| for Newton): the calibration below finds their bounds exceeded.
+   *The rounded products in the standard basis (matrix form, every p).*  The references form a
+   product of M with S in the standard basis and multiply it by M again; the rounding of that product
+   is an error of *any* shape in S's eigenbasis: |δ(MS)| ≤ γu·|M||S| entrywise, so every
+   eigen-component of it can be as large as γu·λ_max·max|m| (= γu·κ once the slowest direction has
+   converged), not γu·s|m| ≤ 2γu as the term sizes above assume (they model errors of the form δM
+   scaled by the step's terms, which is what the per-direction sizes can see).  Which product, per p:
+   - *Newton* (p = 2): M' = 2M − (MS)·M (:func:`verify.reference._newton_step`, one ``baddbmm``;
+     the ``"loop"`` path's ``M @ S @ M`` is the same left-to-right product; ``newton_predict`` takes
+     the batched iterates).  δ(MS) stands **left** of M, so it enters as δ(MS)·M: component (i, l)
+     scaled by |m_l| (columns), fan-out 1.
+   - *Order p ≥ 3*: M' = Σ_{j<p} M E^j with E = I − SM formed first
+     (:func:`verify.reference._hyperpower_step`, and the ``"loop"`` path in numpy the same way).
+     |δE| ≤ γu·|S||M| enters M E^a δE E^b (a + b = j − 1), i.e. M stands **left** of δE: component
+     (i, l) scaled by |m_i| (rows) and by Σ_{j<p} g_j(|r_i^P|, |r_l^P|) (g_1 = 1; ≤ p(p − 1)/2, 1 once
+     converged; 1 + |r_i| + |r_l| for p = 3).
+   Per step: e_il += γu·λ_max·max|m|·(|m_l| Newton, |m_i|·Σ_{j<p} g_j for p ≥ 3), with m_null on the
+   null rows/columns; beyond 200 steps 1 (Newton) or p(p − 1)/2 per step.  Measured without this
+   term: Newton ``verify.newton_predict`` on a d = 4 prefix with κ(S) = 2.2e7, k = 54: 7.8e-10
+   against a bound of 3.8e-11 (the error sits in the (max, min) eigen-component, ≈ κu/6 relative to
+   max|m|; tests/test_order_p.py::test_newton_predict_full_rank_kappa_2e7_is_refused_or_accurate);
+   p ≥ 4: errors up to 296× the bound.  The networks never form these products (their slots carry
+   per-token vectors, term 5, and their sums are rounded against ‖x_m‖‖u_l‖ per token pair); their
+   bound has no such term and needs none in this regime: 400 full-rank prompts with κ(S) = 1e6–2e7
+   after convergence, all four network forms, against tests/test_fuzz.py's longdouble reference: 0
+   silent of 1,600 float64 and 400 float32 cases (README, "Accuracy promise").
+   *Price*: a full-rank prompt's bound now carries ≈ γu·κ·‖x̃‖₁‖w̃‖₁/(‖x_q‖‖w‖) once converged, so the
+   references refuse κ(S) ≳ 1e4 after convergence (Gaussian d = 10, n = 30: from k ≈ 30), where the
+   measured errors are 2e-13 (κ = 1e4) … 1.2e-10 (κ = 1e7): needed at 1e7, over-cautious below.  The
+   slack is the entrywise worst case (every eigen-component at once, ℓ1 sums); the measured error is
+   ≈ 0.1–1·uκ.
    *Calibration* (tests/test_order_p.py, ``python tests/test_order_p.py 300``): the matrix-form bound
    against the float64 batched recurrences of ``newton_predictions`` and a longdouble order-p
    recurrence, 300 random float64 prompts (κ(S) up to 1e7, rank-deficient prefixes, ridge, α a rule
@@ -122,11 +140,11 @@ and m(s) = (1 − (1 − αs²)^(2^k))/s, so M_k = m(S) and w̃_i = m(s_i) b̃_i
    single rounded product of 4e-16 against the estimate every order shares there; k ≥ 1: max 0.037,
    q99 0.013); p = 5: 25,730 cases, 0 silent, median 1.7e-4, q99 0.019, max 0.22 (k ≥ 1: max 0.044,
    q99 0.007).  Refused although the number would have met 1e-10: 18 % (p = 4), 19 % (p = 5) of the
-   cases.  The same prompts with p = 2 / 3 (K = 70 / 45; estimates unchanged): 11 / 13 silent cases
-   (every one full rank, κ(S) ≈ 1e6–2e7, errors ≤ 1.3e-9), max ratio 20 / 562, median 1.0e-3 /
-   1.0e-3.  The rounded-product term is what they lack: added for them too in an experiment (not
-   landed; Newton column-scaled by |m_l|, order 3 row-scaled), 0 / 0 silent and max ratio (k ≥ 1)
-   0.15 / 0.048.
+   cases.  The same prompts with p = 2 / 3 (K = 70 / 45): before the rounded-product term for them,
+   11 / 13 silent cases (every one full rank, κ(S) ≈ 1e6–2e7, errors ≤ 1.3e-9), max ratio 20 / 562;
+   with it, 58,930 / 38,180 cases, **0 / 0 silent**, needed 100 / 972, measured / bound median
+   5.3e-4 / 3.3e-4, q99 0.048 / 0.026, max (k ≥ 1) 0.15 / 0.048; refused although fine 11 % / 17 % of
+   the cases (8 % / 9 % before).
 7. *Adaptive α* (``alpha_rtol``).  The network computes α itself: τ̂_p by sums of products
    (relative error ≤ γ_τ u, γ_τ = p·γ) and the PL function f (:mod:`construct.adaptive`; its K
    non-negative terms add (K + 1)u).  On the active tangent piece j, τ|f'(τ)|/f(τ) ≤
@@ -474,11 +492,15 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         size = _size(q, sm)  # the step's terms, over |m| (or ‖U‖)
         inj = gamma * u * torch.maximum(m.abs().amax(-1), mnull) * size
         e = _gain(q, rp[:, :, None], rp[:, None, :]) * e + inj[:, None, None]
-        if q > 3 and form == "matrix":  # E = I − SM rounded in the standard basis (module doc, 6b)
-            ra, rb = rp[:, :, None].abs(), rp[:, None, :].abs()
-            fan = sum(_gain(j, ra, rb) for j in range(2, q)) + 1  # Σ_{j<p} g_j(|r_i|, |r_l|), g_1 = 1
-            e = e + (gamma * u * smax[:, 0] * torch.maximum(m.abs().amax(-1), mnull))[:, None, None] \
-                * _row_m(m, null, mnull)[:, :, None] * fan
+        if form == "matrix":  # the rounded (MS)·M (Newton) / E = I − SM (p ≥ 3), standard basis (module doc, 6b)
+            top = (gamma * u * smax[:, 0] * torch.maximum(m.abs().amax(-1), mnull))[:, None]  # (B, 1)
+            mi = _row_m(m, null, mnull)  # (B, d)
+            if q == 2:  # δ(MS)·M: columns ×|m_l|, fan-out 1
+                e = e + (top * mi)[:, None, :]
+            else:  # M·δE·…: rows ×|m_i|, fan-out Σ_{j<p} g_j(|r_i|, |r_l|), g_1 = 1
+                ra, rb = rp[:, :, None].abs(), rp[:, None, :].abs()
+                fan = sum(_gain(j, ra, rb) for j in range(2, q)) + 1
+                e = e + (top * mi)[:, :, None] * fan
         mnull = torch.minimum(q * mnull, mcap)
         if q == 2 and form == "merged":
             g = (1 + rp.abs()) * g + 2 * gamma1 * u
@@ -503,10 +525,12 @@ def _estimate(S, b, x_query, alpha_eff, orders, n, dtype, form, lam, alpha_rtol,
         nn = null[:, :, None] & null[:, None, :]
         # the null block of the matrix form has saturated at 1/δ long before 200 steps (module doc, 4)
         ek = torch.where(nn, e * G, e + (Rs * gamma * u * torch.maximum(m.abs().amax(-1), mcap))[:, None, None])
-        if form == "matrix" and any(q > 3 for q in rest):  # the rounded E = I − SM (6b), fan-out ≤ p(p − 1)/2
-            fan = sum(q * (q - 1) / 2 for q in rest if q > 3)
-            ek = ek + (fan * gamma * u * smax[:, 0] * torch.maximum(m.abs().amax(-1), mcap))[:, None, None] \
-                * _row_m(m, null, mcap)[:, :, None]
+        if form == "matrix":  # the rounded (MS)·M / E = I − SM (6b), fan-out ≤ p(p − 1)/2 (1 Newton, 3 order 3)
+            mi = _row_m(m, null, mcap)
+            top = (gamma * u * smax[:, 0] * torch.maximum(m.abs().amax(-1), mcap))[:, None, None]
+            fan2 = sum(1 for q in rest if q == 2)  # Newton: columns ×|m_l|
+            fanp = sum(q * (q - 1) / 2 for q in rest if q > 2)  # p ≥ 3: rows ×|m_i|
+            ek = ek + top * (fan2 * mi[:, None, :] + fanp * mi[:, :, None])
         gk = torch.where(null, g * G, g + R * 2 * gamma1 * u)
         out[k] = finish(ek, gk, m, orders[:k])
     if ks is None:

@@ -102,12 +102,13 @@ def _bounds(X, y, lam, a, steps, p) -> np.ndarray:
     return est.numpy()
 
 
-def calibrate(n_prompts: int, orders=(4, 5), seed: int = 0, prefixes: int = 3) -> dict:
-    """{p: rows (measured error, bound, prompt, prefix, k)} over ``n_prompts`` random prompts, ``prefixes`` prefixes each."""
+def calibrate(n_prompts: int, orders=(4, 5), seed: int = 0, prefixes: int = 3, ids=None) -> dict:
+    """{p: rows (measured error, bound, prompt, prefix, k)} over ``n_prompts`` random prompts, ``prefixes`` prefixes each
+    (``ids``: only these prompt numbers of the same sequence)."""
     from verify.reference import newton_predictions
 
     rows: dict = {p: [] for p in orders}
-    for i in range(n_prompts):
+    for i in (range(n_prompts) if ids is None else ids):
         rng = np.random.default_rng((seed, i))  # prompt i is reproducible on its own: _prompt(default_rng((seed, i)))
         X, y, lam, alpha = _prompt(rng)
         n = X.shape[0]
@@ -140,15 +141,16 @@ def summarize(rows: np.ndarray) -> dict:
                 median=float(np.median(ratio)), q99=float(np.quantile(ratio, 0.99)), max=float(ratio.max()))
 
 
-def _check_calibration(n_prompts: int) -> dict:
-    rows = calibrate(n_prompts, (4, 5))
+def _check_calibration(n_prompts: int, orders=(2, 3, 4, 5)) -> dict:
+    rows = calibrate(n_prompts, orders)
     out = {}
-    for p in (4, 5):
+    for p in orders:
         s = summarize(rows[p])
         late = summarize(rows[p][rows[p][:, 4] >= 1])  # k ≥ 1: the order-p steps' own terms
         print(f"\norder {p}: {s}\n  k >= 1: {late}")
         assert s["silent"] == 0, (p, s)
-        assert late["max"] <= 0.1, (p, late)  # the bound keeps a ≥ 10× margin over every measured error
+        # the bound keeps a ≥ 10× margin over every measured error (Newton: ≥ 4×; 0.15 at 300 prompts, module doc)
+        assert late["max"] <= (0.25 if p == 2 else 0.1), (p, late)
         assert s["max"] <= 0.25, (p, s)  # k = 0: one rounded product against the shared estimate
         assert s["needed"] > 0, (p, s)  # the sample reaches prompts that must be refused
         assert late["median"] >= 1e-5, (p, late)  # and the bound is not loose beyond p = 2, 3's 1e-3 by 100×
@@ -157,13 +159,71 @@ def _check_calibration(n_prompts: int) -> dict:
 
 
 def test_order_p_bound_holds_and_is_not_loose():
-    """p = 4, 5 on a sample: 0 silent, measured/bound ≤ 0.1 (k ≥ 1), refusals needed on some prompts."""
+    """p = 2, 3, 4, 5 on a sample: 0 silent, measured/bound ≤ 0.1 (k ≥ 1; Newton ≤ 0.25), refusals needed
+    on some prompts."""
     _check_calibration(60)
 
 
 @pytest.mark.slow
 def test_order_p_bound_holds_and_is_not_loose_slow():
     _check_calibration(300)
+
+
+def test_newton_and_order3_full_rank_large_kappa_prompts_guarded():
+    """The two prompts of the 300-prompt calibration on which the Newton / order-3 matrix-form bounds
+    were exceeded before the rounded-product term (construct/precision.py, 6b): full rank, κ(S) ≈
+    1e6–2e7, after convergence; 11 Newton and 13 order-3 cases came back silently (errors ≤ 1.3e-9).
+    Now 0 silent, and some of their cases are refusals that were needed."""
+    rows = calibrate(0, (2, 3), ids=(132, 191))
+    for p in (2, 3):
+        s = summarize(rows[p])
+        assert s["silent"] == 0, (p, s)
+        assert s["needed"] > 0, (p, s)  # the sample holds the errors > 1e-10 the bound missed
+
+
+def _full_rank_network_case(i: int, form: str, dtype=torch.float64):
+    """Case i of the networks' check in the regime of the Newton matrix-form gap: full rank, κ(S) = 1e6–2e7,
+    α at 1e-2…0.999 of the convergent range, converged (default/merged k 30–60, hyperpower 15–30, GD 20–60
+    steps) -> the arguments of tests/test_fuzz.py's classifier (its longdouble reference)."""
+    rng = np.random.default_rng((23, i))
+    d = int(rng.integers(2, 13))
+    n = int(rng.integers(d, 3 * d + 3))
+    scale = 10.0 ** rng.uniform(-3, 3)
+    lk = rng.uniform(6, math.log10(2e7))
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    half = (Q * np.sign(np.diag(R)) * (scale * 10.0 ** (-0.5 * lk * np.linspace(0, 1, d)))) @ Q.T
+    X, xq = rng.standard_normal((n, d)) @ half, rng.standard_normal(d) @ half
+    y = X @ (rng.standard_normal(d) / scale) + rng.choice([0.0, 0.1]) * rng.standard_normal(n)
+    npdt = np.float64 if dtype == torch.float64 else np.float32
+    X, y, xq = X.astype(npdt), y.astype(npdt), xq.astype(npdt)
+    lmax = float(np.linalg.eigvalsh(X.astype(np.float64).T @ X.astype(np.float64))[-1])
+    margin = rng.uniform(1e-2, 0.999)
+    normalize, attn = bool(rng.integers(0, 2)), str(rng.choice(["relu", "linear"]))
+    if form == "gd":
+        eta = margin * 2.0 / lmax
+        spec = dict(program="gd", d=d, steps=int(rng.integers(20, 60)), lr=eta * (n + 1) if normalize else eta,
+                    attn=attn, normalize=normalize)
+        return spec, dtype, X, y, xq, eta
+    a_eff = margin * 2.0 / lmax ** 2
+    k = int(rng.integers(30, 61)) if form != "hyperpower" else int(rng.integers(15, 31))
+    spec = dict(d=d, k=k, alpha=a_eff * (n + 1) ** 2 if normalize else a_eff, attn=attn, normalize=normalize,
+                lam=0.0, form=form, looped=bool(rng.integers(0, 2)))
+    return spec, dtype, X, y, xq, a_eff
+
+
+def test_networks_full_rank_large_kappa_not_silent():
+    """The networks' bounds (per-token terms, no d×d products) do not share the matrix form's rounded-(MS)·M
+    gap: on full-rank κ(S) = 1e6–2e7 prompts after convergence every case is correct or refused (README:
+    0 silent of 1,600 float64 and 400 float32 cases; 6 prompts × 4 forms here), some refusals needed."""
+    from test_fuzz import _classify
+
+    seen = []
+    for i in range(6):
+        for form in ("default", "merged", "hyperpower", "gd"):
+            c = _classify(*_full_rank_network_case(i, form))
+            assert not c.startswith("silent") and c != "false alarm", (i, form, c)
+            seen.append(c)
+    assert "refused: needed" in seen and "correct" in seen, seen
 
 
 def test_order4_recurrence_was_silently_wrong_now_refused():
@@ -234,14 +294,11 @@ def test_newton_and_order3_estimates_bit_identical():
         precision_estimate_stats(S, bb, xq, 1e-2, [3], n=6, order=1)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap of the Newton matrix-form bound (construct/precision.py, term "
-                   "6b): the rounded (MS)·M at full-rank κ(S) = 2e7, derived for p >= 4 only (p = 2, 3 kept bit-identical)")
 def test_newton_predict_full_rank_kappa_2e7_is_refused_or_accurate():
     """Found by :func:`calibrate` (prompt 191, prefix 4, d = 4, κ(S) = 2.2e7, α at 0.81 of the
-    convergent range): ``verify.newton_predict`` (Newton, p = 2) at k = 54 returns a number 7.8e-10
-    off (normwise) with a bound of 3.8e-11, so the guard lets it through.  Strict xfail: it flips
-    (and must be unmarked) when the Newton matrix-form bound gets term 6b's rounded-product term
-    (an experiment with it: 0 silent of 58,100 Newton cases, construct/precision.py)."""
+    convergent range): ``verify.newton_predict`` (Newton, p = 2) at k = 54 returned a number 7.8e-10
+    off (normwise) with a bound of 3.8e-11, so the guard let it through (a strict xfail until the
+    Newton matrix-form bound got term 6b's rounded (MS)·M term, construct/precision.py)."""
     from verify import newton_predict
 
     X, y, lam, alpha = _prompt(np.random.default_rng((0, 191)))

@@ -425,7 +425,8 @@ def newton_predict(X, y, x_query, k: int, alpha, lam: float = 0.0, on_diverge: s
     :func:`newton_predictions`.  ``check_precision``: "raise" (default) raises
     :class:`construct.precision.PrecisionError` where float64 cannot deliver 1e-10 (normwise, see
     :mod:`construct.precision`; e.g. k ≳ 60 on a rank-deficient S, whose null-null block of M_k
-    doubles its round-off every step) and on NaN/inf; "warn"; "ignore".
+    doubles its round-off every step, or a converged full-rank S with κ(S) ≳ 1e4, where the rounded
+    (MS)·M carries γu·κ into every eigen-component) and on NaN/inf; "warn"; "ignore".
     """
     from construct.precision import check_finite, check_precision as _chk, precision_estimate
 
