@@ -751,3 +751,28 @@ def test_jobs_worker_never_waits_on_a_full_pipe_while_the_main_process_computes(
     assert c["check_p"]["pid"] != c["check_q"]["pid"] == c["check_r"]["pid"]
     assert c["check_q"]["ended"] < c["check_p"]["ended"] - 0.5, c  # q done well before p ended
     assert all(len(o.result["markdown"]) == 1 << 20 for o in outcomes.values())
+
+
+def test_guard_onset_finds_the_first_refused_step_and_runs_quick(capsys):
+    """benchmarks.guard_onset (the README's refusal-onset and guard-cost numbers)."""
+    from benchmarks import guard_onset as G
+    from construct.precision import PrecisionError
+
+    def refuse_from(k0):
+        def fn(k):
+            if k >= k0:
+                raise PrecisionError("too many steps")
+        return fn
+    assert G.first_refused(refuse_from(3), 10) == 3 and G.first_refused(refuse_from(11), 10) is None
+    # the rank-1 case is refused within the README's range, and only there
+    assert G.first_refused(lambda k: __import__("verify").newton_predict(*_rank1_prefix(), k, "code"), 70) in range(60, 71)
+    assert G.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("first refused k") == 8 and "guard cost" in out
+
+
+def _rank1_prefix():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 8, 1, generator=g, dtype=F64) @ torch.randn(1, 4, generator=g, dtype=F64)
+    y = torch.randn(2, 8, generator=g, dtype=F64)
+    return X[:, :5], y[:, :5], X[:, 5]
