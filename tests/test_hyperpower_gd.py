@@ -507,3 +507,24 @@ def test_verifier_report_names_the_hyperpower_reference():
     text = str(verify_model(m, X, y, xq, check_ols=False))
     assert f"residual power {m.residual_power}" in text and m.residual_power == 108
     assert "prediction vs Newton (6 steps" not in text
+
+
+def test_residual_power_predict_is_accurate_at_huge_powers_on_rank_deficient_data():
+    """The binary-doubling value x_qᵀ residual_power_matrix(S, P, α) Xᵀy was silently wrong on
+    rank-deficient S (4e-8 at P = 2^30, 6% at 2^50, 1e124 at 4·3^40 on this rank-1 prefix); the
+    closed form equals the spectral all-prefix path at every P, and newton_predict at small k."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 8, 1, generator=g, dtype=torch.float64) @ torch.randn(1, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 8, generator=g, dtype=torch.float64)
+    for P in (1, 3, 2**10, 2**30, 2**50, 4 * 3**40):
+        got = residual_power_predict(X[:, :5], y[:, :5], X[:, 5], P, "code")
+        want = residual_power_predictions(X, y, [P], "code", method="spectral")[0][:, 5]
+        assert (got - want).abs().max() <= 1e-12 * want.abs().max(), P
+    S = X[:, :5].mT @ X[:, :5]
+    b = (X[:, :5].mT @ y[:, :5, None])[..., 0]
+    old = torch.einsum("bd,bde,be->b", X[:, 5], residual_power_matrix(S, 2**50, "code"), b)
+    assert (old - want).abs().max() > 1e-3 * want.abs().max()  # the old value, for the record
+    Xg, yg, qg = torch.randn(4, 20, 10, dtype=torch.float64), torch.randn(4, 20, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    for k in (1, 3, 8):
+        ref = __import__("verify").newton_predict(Xg, yg, qg, k, "code")
+        assert (residual_power_predict(Xg, yg, qg, 2**k, "code") - ref).abs().max() <= 1e-12 * ref.abs().max()
