@@ -520,6 +520,8 @@ def test_residual_power_predict_is_accurate_at_huge_powers_on_rank_deficient_dat
         got = residual_power_predict(X[:, :5], y[:, :5], X[:, 5], P, "code")
         want = residual_power_predictions(X, y, [P], "code", method="spectral")[0][:, 5]
         assert (got - want).abs().max() <= 1e-12 * want.abs().max(), P
+    default = residual_power_predictions(X, y, [2**50], "code")[0][:, 5]  # the default path is the accurate one
+    assert (default - want).abs().max() <= 1e-12 * want.abs().max()
     S = X[:, :5].mT @ X[:, :5]
     b = (X[:, :5].mT @ y[:, :5, None])[..., 0]
     old = torch.einsum("bd,bde,be->b", X[:, 5], residual_power_matrix(S, 2**50, "code"), b)

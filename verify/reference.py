@@ -997,15 +997,19 @@ def _power_closed_form(S: torch.Tensor, b: torch.Tensor, xq: torch.Tensor, a: to
 POWER_METHODS = ("batched", "spectral")
 
 
-def residual_power_predictions(X, y, powers, alpha="code", lam: float = 0.0, method: str = "batched",
+def residual_power_predictions(X, y, powers, alpha="code", lam: float = 0.0, method: str = "spectral",
                                spectrum: PrefixSpectrum | None = None, on_diverge: str = "raise"):
     """Predictions with I − M S_t = (I − αS_t²)^P on every prefix -> (len(powers), B, n).
 
     The all-prefix convention of :func:`newton_predictions` (output[s, b, t] predicts x_t from
     examples 0..t−1), for any residual power P ≥ 1 (P = 2^k: Newton-k; 4·3^j: the hyperpower
-    network).  ``method``: "batched" (:func:`residual_power_matrix` on every prefix) or "spectral"
-    (closed form from one eigendecomposition per prefix).  ``alpha``, ``lam``, ``on_diverge`` as in
-    :func:`newton_predictions`.
+    network).  ``method``: "spectral" (default: closed form from one eigendecomposition per prefix,
+    S_t's numerical zeros dropped; nothing grows with P) or "batched" (:func:`residual_power_matrix`
+    on every prefix, by binary doubling; kept as an independent cross-check of small powers).
+    "batched" is not precision-guarded: on rank-deficient prefixes its rounded products mix S_t's
+    null block, which grows like P, into the prediction (≈ P·eps relative; 6% off at P = 2^50 on
+    rank-1 data), so it was the default only until that was measured.  ``alpha``, ``lam``,
+    ``on_diverge`` as in :func:`newton_predictions`.
     """
     method = _method(method, POWER_METHODS)
     X, y, out = _prompts(X, y, min_n=0)
