@@ -608,16 +608,23 @@ def _spectrum(X: torch.Tensor, y: torch.Tensor, lam: float) -> PrefixSpectrum:
     evals = X.new_empty(B, n, d)
     z = X.new_empty(B, n, d)
     c = _chunk(2 * n * d * d)  # S and Q of one prompt
-    eps_d = d * torch.finfo(_F64).eps
     for i in range(0, B, c):
         Xc, yc, Sc, bc = X[i : i + c], y[i : i + c], S[i : i + c], X.new_zeros(min(c, B - i), n, d)
         _stats_into(Xc, yc, lam, Sc, bc)  # (c, n, d, d), (c, n, d), written in place (still in cache)
-        ev, Q = torch.linalg.eigh(Sc)  # (c, n, d), (c, n, d, d)
-        uv = Q.transpose(-1, -2) @ torch.stack([Xc, bc], -1)  # (c, n, d, 2): Qᵀx_t, Qᵀb_t
-        null = ev <= eps_d * ev[..., -1:].clamp(min=0)
-        evals[i : i + c] = torch.where(null, torch.zeros_like(ev), ev)
-        z[i : i + c] = torch.where(null, torch.zeros_like(ev), uv[..., 0] * uv[..., 1])
+        evals[i : i + c], z[i : i + c] = _eig_z(Sc, Xc, bc)
     return PrefixSpectrum(S=S, evals=evals, z=z, lam=lam)
+
+
+def _eig_z(S: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eigh of S (..., d, d) read against x and b (..., d): (evals, z), each (..., d).
+
+    Eigenvalues ≤ d·eps·λ_max are set to 0, and z = (Qᵀx)⊙(Qᵀb) is 0 on those null directions,
+    so that x ᵀf(S) b = Σ_i f(λ_i) z_i drops them (:class:`PrefixSpectrum`)."""
+    ev, Q = torch.linalg.eigh(S)  # (..., d), (..., d, d)
+    uv = Q.transpose(-1, -2) @ torch.stack([x, b], -1)  # (..., d, 2): Qᵀx, Qᵀb
+    null = ev <= S.shape[-1] * torch.finfo(_F64).eps * ev[..., -1:].clamp(min=0)
+    return (torch.where(null, torch.zeros_like(ev), ev),
+            torch.where(null, torch.zeros_like(ev), uv[..., 0] * uv[..., 1]))
 
 
 def prefix_spectrum(X, y, lam: float = 0.0) -> PrefixSpectrum:
@@ -955,8 +962,9 @@ def residual_power_predict(X, y, x_query, power: int, alpha, lam: float = 0.0) -
     P = 4·3^j); P = 2^k equals :func:`newton_predict` with k steps.  ``alpha``: a rule, a positive
     float or a (B,) tensor.  An unbatched prompt gives a 0-d result.
 
-    Computed in closed form from one eigendecomposition of S (:func:`_power_closed_form`: per
-    direction m(λ) = (1 − (1 − αλ²)^P)/λ, S's numerical zeros dropped, as the spectral paths do),
+    Computed in closed form from one eigendecomposition of S (:func:`_power_spectral` on S's
+    spectrum: per direction m(λ) = (1 − (1 − αλ²)^P)/λ, S's numerical zeros dropped, as the
+    spectral paths do),
     so nothing grows with P.  ``x_qᵀ residual_power_matrix(S, P, α) Xᵀy`` (binary doubling) used to
     be the value: on rank-deficient S its rounded products mix S's null block, which grows like P,
     into the prediction, 4e-8 off at P = 2^30 and 6% at P = 2^50 on rank-1 data (d = 4), silently.
@@ -969,29 +977,10 @@ def residual_power_predict(X, y, x_query, power: int, alpha, lam: float = 0.0) -
     P = check_int("power", power, 1)
     a = _matrix_alpha(S, alpha)  # (B,)
     b = (X.transpose(-1, -2) @ y.unsqueeze(-1)).squeeze(-1)  # (B, d)
-    return _finite_unless("raise", out(_power_closed_form(S, b, xq, a, P)), "residual_power_predict")
-
-
-def _power_closed_form(S: torch.Tensor, b: torch.Tensor, xq: torch.Tensor, a: torch.Tensor, P: int) -> torch.Tensor:
-    """x_qᵀ M b for I − MS = (I − αS²)^P from eigh(S): S (B, d, d), b and x_q (B, d), α (B,) -> (B,).
-
-    Eigenvalues ≤ d·eps·λ_max count as 0 and their directions are dropped, as in
-    :func:`prefix_spectrum`; per direction m(λ) = (1 − (1 − αλ²)^P)/λ by
-    :func:`_one_minus_pow_sum`, which keeps every digit for any P.
-    """
-    if float(P) > 1e300:
-        raise ValueError(f"residual power must be a finite float (<= 1e300), got {float(P):.3g}; "
-                         "use fewer steps (the iteration has long converged)")
-    d = S.shape[-1]
-    ev, Q = torch.linalg.eigh(S)  # (B, d), (B, d, d)
-    uv = Q.transpose(-1, -2) @ torch.stack([xq, b], -1)  # (B, d, 2): Qᵀx_q, Qᵀb
-    null = ev <= d * torch.finfo(_F64).eps * ev[..., -1:].clamp(min=0)
-    ev = torch.where(null, torch.zeros_like(ev), ev)
-    z = torch.where(null, torch.zeros_like(ev), uv[..., 0] * uv[..., 1])
-    x = a.reshape(-1, 1) * ev * ev  # (B, d) = αλ²
-    g = torch.where(x > 0, _over_x(z, ev), torch.zeros_like(z))
-    p = torch.tensor([float(P)], dtype=_F64, device=S.device)
-    return _one_minus_pow_sum(x[:, None], g[:, None], p)[0, :, 0]  # (B,)
+    ev, z = _eig_z(S, xq, b)  # (B, d) each: one "prefix" per prompt, the whole context
+    sp = PrefixSpectrum(S=S[:, None], evals=ev[:, None], z=z[:, None], lam=lam)
+    pred = _power_spectral(sp, a[:, None], {P: P})[P][:, 0]  # (B,)
+    return _finite_unless("raise", out(pred), "residual_power_predict")
 
 
 POWER_METHODS = ("batched", "spectral")

@@ -136,6 +136,7 @@ def run_one(ctx, e: Experiment) -> Outcome:
 
 
 def _serial(ctx, keys: list[str], on_start: Callable[[Experiment], None], on_done: Callable[[Outcome], None]):
+    """Run ``keys`` here, one after another: {key: Outcome}."""
     outcomes = {}
     for k in keys:
         on_start(EXPERIMENTS[k])
@@ -257,10 +258,7 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
         for c in conns:  # threads only once every fork is done (a fork copies no thread, only its locks)
             threading.Thread(target=reader, args=(c,), daemon=True).start()
         while i is not None:
-            for key in units[i]:
-                on_start(EXPERIMENTS[key])
-                outcomes[key] = run_one(ctx, EXPERIMENTS[key])
-                on_done(outcomes[key])
+            outcomes.update(_serial(ctx, units[i], on_start, on_done))
             collect(block=False)
             i = take()
         collect(block=True)
@@ -271,10 +269,7 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
             p.join()
         for c in conns:
             c.close()
-    for key in last:
-        on_start(EXPERIMENTS[key])
-        outcomes[key] = run_one(ctx, EXPERIMENTS[key])
-        on_done(outcomes[key])
+    outcomes.update(_serial(ctx, last, on_start, on_done))
     return _merge(ctx, keys, outcomes, base)
 
 
