@@ -404,9 +404,10 @@ class _CountingSink:
 
 
 def _torch_hooked(*modules: nn.Module) -> bool:
-    """Whether a plain torch forward (pre-)hook sits on ``modules`` or their submodules, or on every
-    module (``torch.nn.modules.module.register_module_forward_hook``): such a hook on the last
-    layer would see the trimmed shapes of a read slice, so the full last layer runs then."""
+    """Whether a forward (pre-)hook sits on ``modules`` or their submodules, or on every module
+    (``torch.nn.modules.module.register_module_forward_hook``): a TransformerLens-style hook (an
+    active :class:`HookPoint` is one with a forward hook) or a plain torch hook on the last layer
+    would see the trimmed shapes of a read slice, so the full last layer runs then."""
     from torch.nn.modules import module as _module
 
     if getattr(_module, "_global_forward_hooks", None) or getattr(_module, "_global_forward_pre_hooks", None):
@@ -473,8 +474,7 @@ class Transformer(HookedMixin, nn.Module):
         """
         c = self.cfg
         return (torch.is_grad_enabled() and c.attn == "softmax" and key_mask is None and c.n_layers > 0
-                and not self.layers[-1].hooked() and not self.ln_final.hook_normalized.active
-                and not _torch_hooked(self.layers[-1], self.blocks[c.layer_schedule[-1]]))
+                and not _torch_hooked(self.layers[-1], self.blocks[c.layer_schedule[-1]], self.ln_final))
 
     def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None,
                 read: slice | None = None) -> torch.Tensor:
