@@ -55,7 +55,7 @@ from benchmarks.experiments.common import (FIG_DPI, error_ylim, md_table, plain 
                                            shown as _shown, derive_seed as _seed, fmt as _fmt)
 from benchmarks.experiments.context import (CHECKPOINT_ROOT, FULL, ILL_KAPPA, QUICK, Context, Sizes, Suite,  # noqa: F401
                                             reference_weights)
-from benchmarks.experiments.parallel import run_experiments, usable_jobs
+from benchmarks.experiments.parallel import plan, run_experiments, usable_jobs
 from benchmarks.experiments.registry import EXPERIMENTS, Experiment, experiment  # noqa: F401
 
 EXTRA_EXPERIMENT_MODULES: tuple[str, ...] = ("benchmarks.width", "benchmarks.perf")  # f, g: imported before running
@@ -216,7 +216,9 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = QUICK if args.quick else FULL
-    jobs, why_not = usable_jobs(args.jobs if args.jobs is not None else default_jobs())  # processes really used
+    alone = not args.quick  # --quick: g's tiny workloads only smoke-test its code paths, so it need not run alone
+    jobs, why_not = usable_jobs(args.jobs if args.jobs is not None else default_jobs(),  # processes really used
+                                len(plan(keys, alone)[0]))
     bar = tqdm(total=len(keys), desc="benchmarks", disable=args.no_progress, file=sys.stderr)
     ctx = Context(out, args.quick, args.seed, args.preset, sizes, model, src, lstm, lsrc, progress=bar, notes=notes)
     if why_not:
@@ -227,8 +229,7 @@ def _run(args: argparse.Namespace, keys: list[str]) -> int:
     for name, m, s in ((args.preset, model, src), (f"lstm-{args.preset}", lstm, lsrc), (f"{args.preset}-kappa100", ill, ill_src)):
         ctx.add_shipped(name, m, s)  # experiments asking for these shipped checkpoints get the loaded ones
     with torch.no_grad():
-        # --quick: g's tiny workloads only smoke-test its code paths, so it need not run alone
-        outcomes, suites = run_experiments(ctx, keys, jobs, alone=not args.quick, on_start=lambda e: bar.set_description(f"{e.key}. {e.folder}"),
+        outcomes, suites = run_experiments(ctx, keys, jobs, alone=alone, on_start=lambda e: bar.set_description(f"{e.key}. {e.folder}"),
                                            on_done=lambda o: bar.update(1))
     bar.close()
     results = {k: o.result for k, o in outcomes.items()}

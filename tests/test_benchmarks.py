@@ -524,6 +524,7 @@ def test_quick_run_shares_loaded_checkpoints_without_changing_results(quick_run,
     full, _, _ = quick_run
     with contextlib.redirect_stdout(io.StringIO()):
         assert R.run(["--quick", "--out", str(tmp_path), "--no-progress", "--seed", "0", "--only", "m"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["meta"]["jobs"] == 1  # one unit: one process
     names = sorted(p.name for p in (full / "m_models").iterdir() if p.suffix in (".json", ".csv"))
     assert names == ["models.json", "steps_per_layer.csv", "table1.csv", "trends.csv"]
     for name in names:
@@ -600,6 +601,7 @@ def test_jobs_merge_in_registration_order_and_run_alone_last(monkeypatch, tmp_pa
     _toy_registry(monkeypatch)
     assert parallel.plan(["q", "z", "p", "r"]) == ([["p"], ["r"], ["q"]], ["z"])
     assert parallel.plan(["q", "z", "p", "r"], alone=False) == ([["p"], ["r"], ["q"], ["z"]], [])
+    assert [parallel.usable_jobs(2, u)[0] for u in (0, 1, 2, 3)] == [1, 1, 2, 2]  # no more processes than units
     ctx = _toy_ctx(tmp_path)
     outcomes, suites = parallel.run_experiments(ctx, ["z", "q", "p", "r"], jobs=2)
     assert list(outcomes) == ["r", "q", "p", "z"] and suites == []

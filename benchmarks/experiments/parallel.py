@@ -90,8 +90,9 @@ def plan(keys: list[str], alone: bool = True) -> tuple[list[list[str]], list[str
     return ranked, [k for k in keys if alone and EXPERIMENTS[k].alone]
 
 
-def usable_jobs(jobs: int) -> tuple[int, str | None]:
-    """(processes, why fewer): ``jobs`` where forking is possible and safe here, else 1 and the reason.
+def usable_jobs(jobs: int, units: int | None = None) -> tuple[int, str | None]:
+    """(processes, why fewer): ``jobs`` where forking is possible and safe here, else 1 and the reason;
+    never more than ``units``, the units of work there are (:func:`plan`), when given.
 
     Forking needs ``fork`` (POSIX) and torch at one thread.  Torch's CPU kernels run on GNU OpenMP,
     which is not fork-safe: a forked process that enters a parallel region after its parent ran one
@@ -105,7 +106,7 @@ def usable_jobs(jobs: int) -> tuple[int, str | None]:
     if (threads := torch.get_num_threads()) > 1:
         return 1, (f"--jobs {jobs}: torch runs {threads} threads, and its OpenMP is not fork-safe (a forked "
                    "worker can hang); the experiments ran in one process (--threads 1 runs them side by side)")
-    return jobs, None
+    return (jobs if units is None else max(1, min(jobs, units))), None
 
 
 def run_one(ctx, e: Experiment) -> Outcome:
@@ -188,10 +189,10 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
     order = {k: i for i, k in enumerate(EXPERIMENTS)}
     keys = sorted(keys, key=order.__getitem__)
     units, last = plan(keys, alone)
-    jobs, why = usable_jobs(jobs)
+    jobs, why = usable_jobs(jobs, len(units))
     if why:
         ctx.note(why)
-    if jobs <= 1 or len(units) <= 1:
+    if jobs <= 1:
         outcomes = _serial(ctx, keys, on_start, on_done)
         stats = [SuiteStats(k, s.timings, s.n_layers) for k, s in ctx._suites.items()]
         return outcomes, stats
@@ -247,7 +248,7 @@ def run_experiments(ctx, keys: list[str], jobs: int = 1, alone: bool = True,
     # runs it does not depend on how soon a new worker is scheduled
     i = take()
     try:  # from the first fork on: whatever raises here, the finally ends the workers started so far
-        for _ in range(min(jobs, len(units)) - 1):
+        for _ in range(jobs - 1):
             recv, send = mp.Pipe(duplex=False)
             p = mp.Process(target=_worker, args=(ctx, units, take, send, threads), daemon=False)
             conns.append(recv)
